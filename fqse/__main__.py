@@ -1,0 +1,3 @@
+from fqse.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""The `fqse` command. Each subcommand imports only what it needs (runtime ones never load torch)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _data(a: argparse.Namespace) -> None:
+    from training.datagen import generate
+    root = generate(a.out, a.preset, a.seed, show_progress=not a.quiet)
+    print(f"wrote LibriMix-layout set ({a.preset}) under {root}")
+
+
+def _train(a: argparse.Namespace) -> None:
+    from training.config import load_config
+    from training.train import train
+    best = train(load_config(a.yaml), a.work_dir, resume=a.resume, max_steps=a.max_steps)
+    print(f"best checkpoint: {best}")
+
+
+def _eval(a: argparse.Namespace) -> None:
+    from training.evaluate import run_eval
+    run_eval(a.yaml, a.checkpoint, a.compare, a.json, a.plot, a.split, a.limit)
+
+
+def _export(a: argparse.Namespace) -> None:
+    from conversion.onnx_export import export_onnx
+    path = export_onnx(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml)
+    print(f"wrote {path}")
+
+
+def _convert(a: argparse.Namespace) -> None:
+    from conversion.tflite_export import convert_tflite
+    report = convert_tflite(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml)
+    print(json.dumps(report, indent=1))
+
+
+def _parity(a: argparse.Namespace) -> None:
+    from conversion.parity import run_parity
+    run_parity(a.checkpoint, a.audio, onnx=a.onnx, tflite=a.tflite, clean=a.clean, json_out=a.json,
+               per_layer=a.per_layer)
+
+
+def _enhance(a: argparse.Namespace) -> None:
+    from runtime.enhancer import enhance_cli
+    enhance_cli(a.input, a.output, a.model, stream=a.stream, hop_ms=a.hop_ms, threads=a.threads)
+
+
+def _stream(a: argparse.Namespace) -> None:
+    from runtime.enhancer import stream_stdio
+    stream_stdio(a.model, hop_ms=a.hop_ms, threads=a.threads)
+
+
+def _bench(a: argparse.Namespace) -> None:
+    from runtime.bench import bench_cli
+    bench_cli(a.model, threads=a.threads, seconds=a.seconds, stream=a.stream, hop_ms=a.hop_ms, json_out=a.json)
+
+
+def _demo(a: argparse.Namespace) -> None:
+    from fqse.demo import run_demo
+    run_demo(a.out)
+
+
+def _report(a: argparse.Namespace) -> None:
+    from fqse.report import run_report
+    run_report(a.yaml, a.checkpoints, a.out, a.limit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fqse", description="Fully quantized (int8) speech enhancement")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("data", help="make an offline LibriMix-layout speech set")
+    s.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_data)
+
+    s = sub.add_parser("train", help="float / vanilla QAT / FQSE training")
+    s.add_argument("-y", "--yaml", required=True)
+    s.add_argument("--work-dir")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--max-steps", type=int)
+    s.set_defaults(func=_train)
+
+    s = sub.add_parser("eval", help="SI-SNR, SI-SNRi, SDR, STOI on a test split; SI-SNR vs input SNR plot")
+    s.add_argument("-y", "--yaml", required=True)
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--compare", nargs="*", default=[], help="more checkpoints for the curve")
+    s.add_argument("--json")
+    s.add_argument("--plot", help="PNG of output SI-SNR against input SNR")
+    s.add_argument("--split", default="test_dir")
+    s.add_argument("--limit", type=int)
+    s.set_defaults(func=_eval)
+
+    for name, fn, ext, hlp in (("export", _export, ".onnx", "int8 QDQ ONNX"), ("convert", _convert, ".tflite",
+                                                                                "fully-integer TFLite")):
+        s = sub.add_parser(name, help=f"checkpoint -> {hlp}")
+        s.add_argument("-y", "--yaml", help="config to check the checkpoint against (optional)")
+        s.add_argument("--checkpoint", required=True)
+        s.add_argument("-o", "--output", required=True, help=f"output {ext} file")
+        s.add_argument("--float", action="store_true", help="export the float graph (no quantization)")
+        s.set_defaults(func=fn)
+
+    s = sub.add_parser("parity", help="fake-quant torch vs deployed int8 models")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--audio", required=True)
+    s.add_argument("--clean")
+    s.add_argument("--onnx")
+    s.add_argument("--tflite")
+    s.add_argument("--json")
+    s.add_argument("--per-layer", action="store_true")
+    s.set_defaults(func=_parity)
+
+    s = sub.add_parser("enhance", help="enhance a file with an int8 model (torch-free)")
+    s.add_argument("input")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--model", required=True)
+    s.add_argument("--stream", action="store_true")
+    s.add_argument("--hop-ms", type=float, default=16.0)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=_enhance)
+
+    s = sub.add_parser("stream", help="raw int16 mono PCM on stdin -> enhanced PCM on stdout")
+    s.add_argument("--model", required=True)
+    s.add_argument("--hop-ms", type=float, default=16.0)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=_stream)
+
+    s = sub.add_parser("bench", help="seconds per second of audio, size, peak memory")
+    s.add_argument("--model", nargs="+", required=True)
+    s.add_argument("--threads", type=int, nargs="+", default=[1])
+    s.add_argument("--seconds", type=float, default=4.0)
+    s.add_argument("--stream", action="store_true")
+    s.add_argument("--hop-ms", type=float, default=16.0)
+    s.add_argument("--json")
+    s.set_defaults(func=_bench)
+
+    s = sub.add_parser("demo", help="the whole pipeline on the embedded demo model and samples")
+    s.add_argument("--out", default="artifacts/demo")
+    s.set_defaults(func=_demo)
+
+    s = sub.add_parser("report", help="quality table, sizes, speeds and the signature plot")
+    s.add_argument("-y", "--yaml", required=True)
+    s.add_argument("--checkpoints", nargs="+", required=True)
+    s.add_argument("--out", default="artifacts/report")
+    s.add_argument("--limit", type=int)
+    s.set_defaults(func=_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("fqse: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as exc:
+        if isinstance(exc, (ValueError, RuntimeError)) and type(exc).__module__.split(".")[0] not in (
+                "training", "conversion", "runtime", "fqse"):
+            raise
+        print(f"fqse {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Checkpoints: atomic save, load with config checks, asteroid's pytorch_model.bin format."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runtime.files import atomic_write
+from training.model import ConvTasNet, ModelConfig
+
+FORMAT = "fqse-checkpoint-1"
+ARCH_KEYS = ("n_filters", "kernel_size", "bn_chan", "hid_chan", "conv_kernel_size", "n_blocks", "n_repeats",
+             "norm_type", "causal", "n_splitter", "n_combiner", "quantize")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used with this config; one-line message."""
+
+
+def save(path: str | Path, model: ConvTasNet, **extra: Any) -> None:
+    """Save model (and training state in `extra`) atomically."""
+    state = {"format": FORMAT, "model_config": model.cfg.to_dict(), "state_dict": model.state_dict(), **extra}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def read(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
+
+
+def check_config(ckpt_cfg: dict, cfg: ModelConfig, path: str | Path) -> None:
+    """Raise when the checkpoint's architecture differs from the config's."""
+    diffs = [f"{k}: checkpoint {ckpt_cfg.get(k)!r}, config {getattr(cfg, k)!r}" for k in ARCH_KEYS
+             if k in ckpt_cfg and ckpt_cfg[k] != getattr(cfg, k)]
+    if diffs:
+        raise CheckpointError(f"{path} does not match the config: " + "; ".join(diffs))
+
+
+def load_model(path: str | Path, cfg: ModelConfig | None = None) -> ConvTasNet:
+    """A model from an FQSE checkpoint (its own config, checked against `cfg` when given), eval mode."""
+    ck = read(path)
+    if ck.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an FQSE checkpoint (use training.pretrained for asteroid files)")
+    ck_cfg = ModelConfig(**ck["model_config"])
+    if cfg is not None:
+        check_config(ck["model_config"], cfg, path)
+    model = ConvTasNet(ck_cfg)
+    _load_state(model, ck["state_dict"], path, strict=True)
+    return model.eval()
+
+
+def _load_state(model: ConvTasNet, state: dict, path: str | Path, strict: bool) -> None:
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"{path}: shapes do not match the config: " + "; ".join(bad[:3]))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"{path}: keys do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+# ---- starting a model from float weights -----------------------------------------------------------
+
+def asteroid_to_fqse(sd: dict) -> dict:
+    """Rename asteroid ConvTasNet keys (see shared README) to this model's keys."""
+    block_map = {"0": "in_conv.conv", "1": "prelu1", "2": "norm1", "3": "dconv.conv", "3.0": "dconv.conv",
+                 "4": "prelu2", "5": "norm2"}
+    out = {}
+    for k, v in sd.items():
+        m = re.fullmatch(r"masker\.TCN\.(\d+)\.shared_block\.(\d+(?:\.0)?)\.(\w+)", k)
+        if k == "encoder.filterbank._filters":
+            out["encoder.conv.weight"] = v
+        elif k == "decoder.filterbank._filters":
+            out["decoder_filters"] = v
+        elif k.startswith("masker.bottleneck.0."):
+            out["bottleneck_norm." + k.split(".")[-1]] = v.reshape(-1)
+        elif k.startswith("masker.bottleneck.1."):
+            out["bottleneck.conv." + k.split(".")[-1]] = v
+        elif m:
+            name = block_map[m.group(2)]
+            out[f"blocks.{m.group(1)}.{name}.{m.group(3)}"] = v.reshape(-1) if "norm" in name else v
+        elif (m := re.fullmatch(r"masker\.TCN\.(\d+)\.(res_conv|skip_conv)\.(\w+)", k)):
+            out[f"blocks.{m.group(1)}.{m.group(2)}.conv.{m.group(3)}"] = v
+        elif k == "masker.mask_net.0.weight":
+            out["mask_prelu.weight"] = v
+        elif k.startswith("masker.mask_net.1."):
+            out["mask_conv.conv." + k.split(".")[-1]] = v
+    return out
+
+
+def init_from_float(model: ConvTasNet, path: str | Path) -> None:
+    """Load float weights (FQSE checkpoint or asteroid pytorch_model.bin) into a (QAT) model.
+
+    Extra splitter channels k = 2..S of the encoder start as the first channel's weights times
+    (D/2)^(k-1), so the encoder initially sees the same signal as the float model.
+    """
+    ck = read(path)
+    if ck.get("format") == FORMAT:
+        sd = dict(ck["state_dict"])
+    elif "state_dict" in ck and any(k.startswith("masker.") for k in ck["state_dict"]):
+        sd = asteroid_to_fqse(ck["state_dict"])
+        args = ck.get("model_args", {})
+        for ours, theirs in (("n_filters", "n_filters"), ("bn_chan", "bn_chan"), ("hid_chan", "hid_chan"),
+                             ("n_blocks", "n_blocks"), ("n_repeats", "n_repeats"), ("norm_type", "norm_type")):
+            if theirs in args and args[theirs] != getattr(model.cfg, ours):
+                raise CheckpointError(f"{path}: asteroid {theirs}={args[theirs]!r} but config has {getattr(model.cfg, ours)!r}")
+    else:
+        raise CheckpointError(f"{path}: neither an FQSE checkpoint nor an asteroid ConvTasNet state_dict")
+    sd = {k: v for k, v in sd.items() if not _is_quant_key(k)}
+    enc = sd.get("encoder.conv.weight")
+    S = model.cfg.n_splitter
+    if enc is not None and enc.shape[1] != S:
+        base = enc[:, :1]
+        sd["encoder.conv.weight"] = torch.cat([base * (1 / 256) ** k for k in range(S)], dim=1)
+    _load_state(model, sd, path, strict=False)
+    if model.cfg.n_combiner == 2:
+        with torch.no_grad():  # the residual encoder starts as the main encoder's first channel
+            model.res_encoder.conv.weight.copy_(model.encoder.conv.weight[:, :1])
+
+
+def _is_quant_key(k: str) -> bool:
+    return any(part in k.split(".") for part in ("min", "max", "steps", "absmax", "initialized"))

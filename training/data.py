@@ -1,0 +1,97 @@
+"""LibriMix-layout loader (real LibriMix or `fqse data` output) with FQSE's SNR augmentation."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import Dataset
+
+REQUIRED = ("mixture_ID", "mixture_path", "source_1_path", "noise_path", "length")
+
+
+class DataError(ValueError):
+    """A data folder or CSV that cannot be used; one-line message."""
+
+
+def find_csv(split_dir: str | Path) -> Path:
+    """The metadata CSV of a split folder: SPLIT/../metadata/mixture_SPLIT_mix_single.csv, or a CSV inside."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: no such data folder (make one with `fqse data`)")
+    candidates = [split_dir.parent / "metadata" / f"mixture_{split_dir.name}_mix_single.csv",
+                  *sorted(split_dir.glob("*mix_single*.csv")), *sorted(split_dir.glob("*.csv"))]
+    for c in candidates:
+        if c.exists():
+            return c
+    raise DataError(f"{split_dir}: no metadata CSV (expected {candidates[0]})")
+
+
+def read_rows(split_dir: str | Path) -> list[dict]:
+    """Rows of the split's CSV with paths made absolute; checks columns and files."""
+    path = find_csv(split_dir)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+        rows = list(reader)
+    if not rows:
+        raise DataError(f"{path}: no mixtures listed")
+    root = path.parent.parent
+    for r in rows:
+        for k in ("mixture_path", "source_1_path", "noise_path"):
+            p = Path(r[k])
+            r[k] = str(p if p.is_absolute() else root / p)
+        r["length"] = int(r["length"])
+    if not Path(rows[0]["source_1_path"]).exists():
+        raise DataError(f"{path}: listed file {rows[0]['source_1_path']} does not exist")
+    return rows
+
+
+class MixDataset(Dataset):
+    """Yields (mixture, clean) float32 segments; with `snr_range`, re-mixes at a random SNR (FQSE)."""
+
+    def __init__(self, split_dir: str | Path, segment: float | None = 3.0, sample_rate: int = 16000,
+                 snr_range: tuple[float, float] | None = None, seed: int = 0):
+        self.rows = read_rows(split_dir)
+        self.seg = int(segment * sample_rate) if segment else None
+        self.sr = sample_rate
+        self.snr_range = snr_range
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _load(self, path: str, start: int, stop: int | None) -> np.ndarray:
+        x, sr = sf.read(path, start=start, stop=stop, dtype="float32")
+        if sr != self.sr:
+            raise DataError(f"{path}: sample rate {sr} Hz, config expects {self.sr} Hz")
+        return x if x.ndim == 1 else x.mean(axis=1)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.rows[idx]
+        rng = np.random.default_rng([self.seed, self.epoch, idx])
+        n = r["length"]
+        start, stop = 0, None
+        if self.seg and n > self.seg:
+            start = int(rng.integers(0, n - self.seg))
+            stop = start + self.seg
+        clean = self._load(r["source_1_path"], start, stop)
+        if self.snr_range is None:
+            mix = self._load(r["mixture_path"], start, stop)
+        else:
+            noise = self._load(r["noise_path"], start, stop)
+            snr = rng.uniform(*self.snr_range)
+            gain = np.sqrt(np.sum(clean ** 2) / (np.sum(noise ** 2) + 1e-12) / 10 ** (snr / 10))
+            mix = clean + gain * noise
+            peak = np.max(np.abs(mix))
+            if peak > 0.99:
+                mix, clean = mix * 0.99 / peak, clean * 0.99 / peak
+        if self.seg and len(clean) < self.seg:
+            pad = self.seg - len(clean)
+            clean, mix = np.pad(clean, (0, pad)), np.pad(mix, (0, pad))
+        return torch.from_numpy(mix.astype(np.float32)), torch.from_numpy(clean.astype(np.float32))

@@ -1,0 +1,20 @@
+"""Quality metrics: the differentiable SI-SNR for training, STOI; numpy ones come from runtime."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from runtime.metrics import si_snr, snr  # noqa: F401  (re-exported)
+
+
+def si_snr_torch(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scale-invariant SNR in dB over the last axis (zero-mean), differentiable."""
+    est = est - est.mean(-1, keepdim=True)
+    ref = ref - ref.mean(-1, keepdim=True)
+    proj = (est * ref).sum(-1, keepdim=True) / ((ref ** 2).sum(-1, keepdim=True) + eps) * ref
+    return 10 * torch.log10(((proj ** 2).sum(-1) + eps) / (((est - proj) ** 2).sum(-1) + eps))
+
+
+def stoi(est: np.ndarray, ref: np.ndarray, sr: int) -> float:
+    from pystoi import stoi as _stoi
+    return float(_stoi(ref, est, sr, extended=False))

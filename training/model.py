@@ -1,0 +1,259 @@
+"""ConvTasNet for single-speaker enhancement with FQSE's quantization points.
+
+Layout follows asteroid's ConvTasNet (encoder, TCN masker, decoder), written so that every tensor
+of the deployed int8 graph has a fake quantizer here. The decoder is a 1x1 convolution to L samples
+per frame followed by overlap-add (equal to ConvTranspose1d(N, 1, L, stride L/2)); its weights keep
+asteroid's [N, 1, L] layout. Model input: the splitter's S int8 code streams times 1/128; outputs:
+C tensors on the int8 grid 1/128 that the host combiner adds (y0 + y1/256).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runtime import qmath
+from training.quant import ActQuant, WeightQuant
+
+NORMS = ("gLN", "cLN", "BN")
+IO_RANGE = (-1.0, 127.0 / 128.0)  # int8 grid with scale 1/128, zero point 0
+RES_GAIN = 2.0 / qmath.IO_SCALE  # the residual output is weighted (D/2): its branch is amplified by 256
+
+
+@dataclass
+class ModelConfig:
+    n_filters: int = 512  # N
+    kernel_size: int = 32  # L (stride L/2)
+    bn_chan: int = 128  # B
+    hid_chan: int = 512  # H
+    skip_chan: int = 128  # must equal bn_chan here (asteroid default)
+    conv_kernel_size: int = 3  # P
+    n_blocks: int = 8  # X
+    n_repeats: int = 3  # R
+    norm_type: str = "gLN"
+    causal: bool = False
+    sample_rate: int = 16000
+    n_splitter: int = 1
+    n_combiner: int = 1
+    quantize: bool = False
+    gradient_based: bool = True
+    ema_steps: int = 50
+
+    def __post_init__(self):
+        if self.norm_type not in NORMS:
+            raise ValueError(f"model.norm_type {self.norm_type!r}: choose one of {NORMS}")
+        if self.kernel_size % 2:
+            raise ValueError("model.kernel_size must be even (stride is kernel_size / 2)")
+        if self.n_combiner not in (1, 2):
+            raise ValueError("model.n_combiner must be 1 or 2")
+        if self.n_splitter < 1:
+            raise ValueError("model.n_splitter must be >= 1")
+        if self.skip_chan != self.bn_chan:
+            raise ValueError("model.skip_chan must equal model.bn_chan")
+        if self.causal and self.norm_type == "gLN":
+            raise ValueError("a causal model needs norm_type cLN or BN (gLN sees the whole utterance)")
+
+    @property
+    def stride(self) -> int:
+        return self.kernel_size // 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Norm(nn.Module):
+    """gLN (GroupNorm, 1 group), cLN (per-frame LayerNorm over channels) or BN (frozen in QAT)."""
+
+    def __init__(self, kind: str, channels: int, quantize: bool, gradient_based: bool):
+        super().__init__()
+        self.kind = kind
+        self.gamma = nn.Parameter(torch.ones(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+        if kind == "BN":
+            self.register_buffer("running_mean", torch.zeros(channels))
+            self.register_buffer("running_var", torch.ones(channels))
+            self.wq = WeightQuant(channels, 0, gradient_based) if quantize else None
+        self.eps = 1e-5 if kind == "BN" else 1e-8
+        self.quantize = quantize
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """BN as a per-channel affine y = a x + b (frozen statistics)."""
+        a = self.gamma / torch.sqrt(self.running_var + self.eps)
+        return a, self.beta - self.running_mean * a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "gLN":
+            mean = x.mean(dim=(1, 2), keepdim=True)
+            var = ((x - mean) ** 2).mean(dim=(1, 2), keepdim=True)
+            return self.gamma[:, None] * (x - mean) / torch.sqrt(var + self.eps) + self.beta[:, None]
+        if self.kind == "cLN":
+            mean = x.mean(dim=1, keepdim=True)
+            var = ((x - mean) ** 2).mean(dim=1, keepdim=True)
+            return self.gamma[:, None] * (x - mean) / torch.sqrt(var + self.eps) + self.beta[:, None]
+        if self.training and not self.quantize:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.gamma, self.beta, True, 0.1, self.eps)
+        a, b = self.affine()
+        if self.wq is not None:
+            a = self.wq(a[:, None])[:, 0]
+        return a[:, None] * x + b[:, None]
+
+
+class QConv(nn.Module):
+    """Conv1d with a per-channel weight quantizer (axis 0) and an output quantizer."""
+
+    def __init__(self, cin: int, cout: int, k: int = 1, stride: int = 1, dilation: int = 1,
+                 groups: int = 1, bias: bool = True, pad: tuple[int, int] = (0, 0), cfg: ModelConfig = None):
+        super().__init__()
+        self.conv = nn.Conv1d(cin, cout, k, stride=stride, dilation=dilation, groups=groups, bias=bias)
+        self.pad = pad
+        self.wq = WeightQuant(cout, 0, cfg.gradient_based) if cfg.quantize else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.conv.weight if self.wq is None else self.wq(self.conv.weight)
+        if any(self.pad):
+            x = F.pad(x, self.pad)
+        return F.conv1d(x, w, self.conv.bias, self.conv.stride, 0, self.conv.dilation, self.conv.groups)
+
+
+def act(cfg: ModelConfig, fixed: tuple[float, float] | None = None) -> nn.Module:
+    if not cfg.quantize:
+        return nn.Identity()
+    return ActQuant(cfg.gradient_based, cfg.ema_steps, fixed=fixed)
+
+
+class Block(nn.Module):
+    """TCN block: 1x1 -> PReLU -> norm -> depthwise (dilated) -> PReLU -> norm -> res / skip 1x1."""
+
+    def __init__(self, cfg: ModelConfig, dilation: int):
+        super().__init__()
+        B, H, P = cfg.bn_chan, cfg.hid_chan, cfg.conv_kernel_size
+        pad = ((P - 1) * dilation, 0) if cfg.causal else ((P - 1) * dilation // 2,) * 2
+        q = cfg.quantize
+        self.in_conv = QConv(B, H, cfg=cfg)
+        self.q_in = act(cfg)
+        self.prelu1 = nn.PReLU()
+        self.q_prelu1 = act(cfg)
+        self.norm1 = Norm(cfg.norm_type, H, q, cfg.gradient_based)
+        self.q_norm1 = act(cfg)
+        self.dconv = QConv(H, H, P, dilation=dilation, groups=H, pad=pad, cfg=cfg)
+        self.q_dconv = act(cfg)
+        self.prelu2 = nn.PReLU()
+        self.q_prelu2 = act(cfg)
+        self.norm2 = Norm(cfg.norm_type, H, q, cfg.gradient_based)
+        self.q_norm2 = act(cfg)
+        self.res_conv = QConv(H, B, cfg=cfg)
+        self.q_res = act(cfg)
+        self.skip_conv = QConv(H, B, cfg=cfg)
+        self.q_skip = act(cfg)
+        self.q_add = act(cfg)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.q_prelu1(self.prelu1(self.q_in(self.in_conv(x))))
+        y = self.q_norm1(self.norm1(y))
+        y = self.q_prelu2(self.prelu2(self.q_dconv(self.dconv(y))))
+        y = self.q_norm2(self.norm2(y))
+        return self.q_add(x + self.q_res(self.res_conv(y))), self.q_skip(self.skip_conv(y))
+
+
+class ConvTasNet(nn.Module):
+    """FQSE ConvTasNet: int8 codes in (as values on the 1/128 grid), C int8-grid outputs."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        N, L, B, s = cfg.n_filters, cfg.kernel_size, cfg.bn_chan, cfg.stride
+        self.q_input = act(cfg, fixed=IO_RANGE) if cfg.quantize else nn.Identity()
+        self.encoder = QConv(cfg.n_splitter, N, L, stride=s, bias=False, cfg=cfg)
+        self.q_enc = act(cfg)
+        self.bottleneck_norm = Norm(cfg.norm_type, N, cfg.quantize, cfg.gradient_based)
+        self.q_bn_norm = act(cfg)
+        self.bottleneck = QConv(N, B, cfg=cfg)
+        self.q_bottleneck = act(cfg)
+        self.blocks = nn.ModuleList(Block(cfg, 2 ** x) for _ in range(cfg.n_repeats) for x in range(cfg.n_blocks))
+        self.q_skips = nn.ModuleList(act(cfg) for _ in range(len(self.blocks) - 1))
+        self.mask_prelu = nn.PReLU()
+        self.q_mask_prelu = act(cfg)
+        self.mask_conv = QConv(B, N, cfg=cfg)
+        self.q_mask = act(cfg)
+        self.q_masked = act(cfg)
+        # Decoder: asteroid layout [N, 1, L]; applied as a 1x1 conv N -> L plus overlap-add.
+        self.decoder_filters = nn.Parameter(torch.randn(N, 1, L) / (N * L) ** 0.5)
+        self.dec_wq = WeightQuant(L, 0, cfg.gradient_based) if cfg.quantize else None
+        self.q_frames = act(cfg)
+        self.q_out = act(cfg, fixed=IO_RANGE)
+        if cfg.n_combiner == 2:
+            self.res_encoder = QConv(1, N, L, stride=s, bias=False, cfg=cfg)
+            self.q_res_enc = act(cfg)
+            self.q_err = act(cfg)
+            self.q_res_frames = act(cfg)
+            self.q_res_out = act(cfg, fixed=IO_RANGE)
+
+    # --- pieces shared with export -------------------------------------------------------------------
+    def decoder_weight(self) -> torch.Tensor:
+        """The decoder as a 1x1 conv weight [L, N, 1] (fake-quantized per output sample)."""
+        w = self.decoder_filters[:, 0, :].t().unsqueeze(-1)
+        return w if self.dec_wq is None else self.dec_wq(w)
+
+    def overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
+        """[B, L, F] frames -> [B, 1, (F+1) * L/2] samples (kernel L, hop L/2)."""
+        s = self.cfg.stride
+        a = F.pad(frames[:, :s], (0, 1))
+        b = F.pad(frames[:, s:], (1, 0))
+        return (a + b).transpose(1, 2).reshape(frames.shape[0], 1, -1)
+
+    def decode(self, feats: torch.Tensor, q_frames: nn.Module, gain: float = 1.0) -> torch.Tensor:
+        frames = F.conv1d(feats, self.decoder_weight())
+        if gain != 1.0:
+            frames = frames * gain
+        return self.overlap_add(q_frames(frames))
+
+    def forward(self, codes: torch.Tensor) -> list[torch.Tensor]:
+        """codes: [B, S, T] splitter values (int8 codes x 1/128), T a multiple of L/2 -> C x [B, 1, T + L/2]."""
+        x = self.q_input(codes)
+        enc = self.q_enc(self.encoder(x))
+        y = self.q_bottleneck(self.bottleneck(self.q_bn_norm(self.bottleneck_norm(enc))))
+        skip_sum = None
+        for i, block in enumerate(self.blocks):
+            y, skip = block(y)
+            skip_sum = skip if skip_sum is None else self.q_skips[i - 1](skip_sum + skip)
+        mask = self.q_mask(torch.relu(self.mask_conv(self.q_mask_prelu(self.mask_prelu(skip_sum)))))
+        masked = self.q_masked(mask * enc)
+        y0 = self.q_out(self.decode(masked, self.q_frames))
+        outs = [y0]
+        if self.cfg.n_combiner == 2:
+            err = self.q_err(masked - self.q_res_enc(self.res_encoder(y0)))
+            outs.append(self.q_res_out(self.decode(err, self.q_res_frames, RES_GAIN)))
+        return outs
+
+
+@dataclass
+class Pipeline:
+    """Host-side pre/post-processing around the network (same math as the runtime)."""
+    cfg: ModelConfig = field(default_factory=ModelConfig)
+
+    def pre(self, wav: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """[B, T] waveform in [-1, 1] -> [B, S, T'] model input (padded by one hop each side), T."""
+        s = self.cfg.stride
+        T = wav.shape[-1]
+        total = -(-T // s) * s + 2 * s
+        x = F.pad(wav, (s, total - T - s))
+        if self.cfg.quantize:
+            x = torch.stack([c * qmath.IO_SCALE for c in qmath.split(x, self.cfg.n_splitter)], dim=1)
+        else:
+            x = x.unsqueeze(1)
+        return x, T
+
+    def post(self, outs: list[torch.Tensor], T: int) -> torch.Tensor:
+        """C model outputs -> [B, T] waveform (combiner, then crop the padding)."""
+        s = self.cfg.stride
+        y = qmath.combine([o[:, 0] / qmath.IO_SCALE for o in outs]) if len(outs) > 1 else outs[0][:, 0]
+        return y[:, s: s + T]
+
+
+def enhance(model: nn.Module, wav: torch.Tensor, cfg: ModelConfig | None = None) -> torch.Tensor:
+    """Waveform [B, T] -> enhanced waveform [B, T] (splitter, network, combiner); model may be DDP-wrapped."""
+    pipe = Pipeline(cfg or model.cfg)
+    x, T = pipe.pre(wav)
+    return pipe.post(model(x), T)

@@ -1,0 +1,108 @@
+"""Fake quantizers for QAT (torch). The integer math itself lives in runtime/qmath.py.
+
+- ActQuant: per-tensor asymmetric int8, range [min, max] observed by EMA (alpha 0.9) over the first
+  `ema_steps` training steps, then learned through straight-through rounding (gradient_based), or kept
+  observed for vanilla QAT. The range is nudged so that zero is exact (integer zero point).
+- WeightQuant: per-output-channel symmetric, narrow range [-127, 127], zero point 0.
+- Fixed grids (the model's int8 input and outputs, scale 1/128) use ActQuant(fixed=(-1, 127/128)).
+In eval mode both use torch's fake_quantize ops with the exported constants, so the eval model is
+exactly what export writes.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from runtime import qmath
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (x.round() - x).detach()
+
+
+class ActQuant(nn.Module):
+    """Per-tensor asymmetric fake quantizer with a learned or observed range."""
+
+    def __init__(self, gradient_based: bool = True, ema_steps: int = 50, alpha: float = 0.9,
+                 fixed: tuple[float, float] | None = None):
+        super().__init__()
+        self.gradient_based = gradient_based and fixed is None
+        self.ema_steps = ema_steps
+        self.alpha = alpha
+        self.fixed = fixed
+        lo, hi = fixed if fixed is not None else (0.0, 0.0)
+        self.min = nn.Parameter(torch.tensor(float(lo)), requires_grad=self.gradient_based)
+        self.max = nn.Parameter(torch.tensor(float(hi)), requires_grad=self.gradient_based)
+        self.register_buffer("steps", torch.tensor(0, dtype=torch.long))
+        self.enabled = True
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        a = self.alpha
+        self.min.mul_(a).add_((1 - a) * x.min())
+        self.max.mul_(a).add_((1 - a) * x.max())
+        self.steps += 1
+
+    def qparams(self) -> tuple[float, int, float, float]:
+        """(scale, int8 zero point, nudged min, nudged max) as exported."""
+        return qmath.act_qparams(self.min.item(), self.max.item())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if self.training and self.fixed is None and (not self.gradient_based or self.steps < self.ema_steps):
+            self._observe(x.detach())
+        if not self.training or not self.gradient_based:
+            scale, zp, _, _ = self.qparams()
+            return torch.fake_quantize_per_tensor_affine(x, scale, zp, qmath.Q_MIN, qmath.Q_MAX)
+        lo = torch.clamp(self.min, max=0.0)
+        hi = torch.clamp(self.max, min=0.0)
+        scale = torch.clamp((hi - lo) / 255.0, min=1e-8)
+        zp = torch.clamp(round_ste(-lo / scale), 0, 255)
+        q = torch.clamp(round_ste(x / scale) + zp, 0, 255)
+        return (q - zp) * scale
+
+
+class WeightQuant(nn.Module):
+    """Per-channel symmetric weight fake quantizer (narrow range, zero point 0)."""
+
+    def __init__(self, channels: int, axis: int = 0, gradient_based: bool = True):
+        super().__init__()
+        self.axis = axis
+        self.gradient_based = gradient_based
+        self.absmax = nn.Parameter(torch.zeros(channels), requires_grad=gradient_based)
+        self.register_buffer("initialized", torch.tensor(False))
+        self.enabled = True
+
+    def _channel_absmax(self, w: torch.Tensor) -> torch.Tensor:
+        dims = [d for d in range(w.dim()) if d != self.axis]
+        return w.detach().abs().amax(dim=dims)
+
+    def scales(self, w: torch.Tensor) -> torch.Tensor:
+        """Per-channel scale (float32), as exported."""
+        if not self.gradient_based:
+            return torch.clamp(self._channel_absmax(w), min=1e-12) / qmath.W_MAX
+        return torch.clamp(self.absmax.detach().abs(), min=1e-12) / qmath.W_MAX
+
+    def int_weights(self, w: torch.Tensor) -> torch.Tensor:
+        """int8 weight codes, as exported."""
+        s = self.scales(w)
+        shape = [1] * w.dim()
+        shape[self.axis] = -1
+        return torch.clamp(torch.round(w.detach() / s.view(shape)), -qmath.W_MAX, qmath.W_MAX).to(torch.int8)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return w
+        if not bool(self.initialized):
+            with torch.no_grad():
+                self.absmax.copy_(self._channel_absmax(w))
+                self.initialized.fill_(True)
+        shape = [1] * w.dim()
+        shape[self.axis] = -1
+        if self.training and self.gradient_based:
+            s = torch.clamp(self.absmax.abs(), min=1e-12).view(shape) / qmath.W_MAX
+            return torch.clamp(round_ste(w / s), -qmath.W_MAX, qmath.W_MAX) * s
+        s = self.scales(w)
+        zero = torch.zeros_like(s, dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(w, s, zero, self.axis, -qmath.W_MAX, qmath.W_MAX)
