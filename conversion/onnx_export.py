@@ -1,0 +1,142 @@
+"""`fqse export`: the deploy graph as ONNX in QDQ form, with exactly the QAT scales.
+
+Input: the splitter's S int8 code streams [1, S, T] (scale 1/128, zero point 0). Outputs: C int8
+streams [1, 1, T] for the host combiner. Weights are int8 initializers (per output channel) followed
+by DequantizeLinear; biases int32 at input_scale x weight_scale; every QAT activation quantizer is a
+QuantizeLinear/DequantizeLinear pair. T is dynamic (a multiple of the hop).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from conversion.graph import Graph, Op, build_graph
+from runtime import qmath
+from runtime.files import atomic_write
+from training.checkpoint import load_model
+from training.config import load_config, model_config
+
+OPSET = 17
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.qps: dict[str, tuple[float, int]] = {}
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def qdq(self, x: str, name: str, qp: tuple[float, int] | None, q_name: str | None = None) -> str:
+        """Quantize x with qp and dequantize back (the float-domain tensor gets `name`)."""
+        if qp is None:
+            return self.node("Identity", [x], name)
+        s = self.const(name + "_scale", np.float32(qp[0]))
+        z = self.const(name + "_zp", np.int8(qp[1]))
+        q = self.node("QuantizeLinear", [x, s, z], q_name or name + "_q")
+        self.qps[name] = qp
+        return self.node("DequantizeLinear", [q, s, z], name)
+
+
+def _emit(b: _Builder, op: Op, quantized: bool) -> None:
+    x = op.inputs[0]
+    raw = op.output + "_f"
+    a = op.attrs
+    if op.kind == "conv":
+        if quantized:
+            w_int = b.const(op.output + "_w", a["w_int"].astype(np.int8))
+            ws = b.const(op.output + "_w_scale", a["w_scale"].astype(np.float32))
+            wz = b.const(op.output + "_w_zp", np.zeros(len(a["w_scale"]), np.int8))
+            w = b.node("DequantizeLinear", [w_int, ws, wz], op.output + "_wdq", axis=0)
+        else:
+            w = b.const(op.output + "_w", a["w_float"])
+        ins = [x, w]
+        if a["bias"] is not None:
+            if quantized:
+                bscale = (np.float32(b.qps[x][0]) * a["w_scale"]).astype(np.float32)
+                b_int = np.round(a["bias"] / bscale).astype(np.int32)
+                bi = b.const(op.output + "_b", b_int)
+                bs = b.const(op.output + "_b_scale", bscale)
+                bz = b.const(op.output + "_b_zp", np.zeros(len(bscale), np.int32))
+                ins.append(b.node("DequantizeLinear", [bi, bs, bz], op.output + "_bdq", axis=0))
+            else:
+                ins.append(b.const(op.output + "_b", a["bias"]))
+        b.node("Conv", ins, raw, kernel_shape=[a["w_float"].shape[-1]], strides=[a["stride"]],
+               dilations=[a["dilation"]], group=a["groups"], pads=list(a["pad"]))
+    elif op.kind == "prelu":
+        b.node("LeakyRelu", [x], raw, alpha=a["alpha"])
+    elif op.kind == "relu":
+        b.node("Relu", [x], raw)
+    elif op.kind in ("add", "sub", "mul"):
+        b.node(op.kind.capitalize(), op.inputs, raw)
+    elif op.kind == "norm":
+        axes = [1, 2] if a["mode"] == "gLN" else [1]
+        mean = b.node("ReduceMean", [x], raw + "_mean", axes=axes, keepdims=1)
+        d = b.node("Sub", [x, mean], raw + "_d")
+        var = b.node("ReduceMean", [b.node("Mul", [d, d], raw + "_d2")], raw + "_var", axes=axes, keepdims=1)
+        std = b.node("Sqrt", [b.node("Add", [var, b.const(raw + "_eps", np.float32(a["eps"]))], raw + "_ve")], raw + "_std")
+        n = b.node("Div", [d, std], raw + "_n")
+        g = b.node("Mul", [n, b.const(raw + "_g", a["gamma"].reshape(1, -1, 1).astype(np.float32))], raw + "_ng")
+        b.node("Add", [g, b.const(raw + "_b", a["beta"].reshape(1, -1, 1).astype(np.float32))], raw)
+    elif op.kind == "ola":
+        s = a["stride"]
+        i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+        first = b.node("Slice", [x, b.const(raw + "_s0", i64(0)), b.const(raw + "_e0", i64(s)), b.const(raw + "_ax", i64(1))], raw + "_first")
+        second = b.node("Slice", [x, b.const(raw + "_s1", i64(s)), b.const(raw + "_e1", i64(2 * s)), raw + "_ax"], raw + "_second")
+        pa = b.node("Pad", [first, b.const(raw + "_pa", i64(0, 0, 0, 0, 0, 1))], raw + "_fa")
+        pb = b.node("Pad", [second, b.const(raw + "_pb", i64(0, 0, 1, 0, 0, 0))], raw + "_fb")
+        t = b.node("Transpose", [b.node("Add", [pa, pb], raw + "_sum")], raw + "_t", perm=[0, 2, 1])
+        b.node("Reshape", [t, b.const(raw + "_shape", i64(1, 1, -1))], raw)
+    else:
+        raise ValueError(f"unknown op {op.kind}")
+
+
+def graph_to_onnx(g: Graph) -> onnx.ModelProto:
+    """Emit an ONNX model (QDQ when g.quantized) from the deploy graph."""
+    b = _Builder()
+    S, C = g.meta["n_splitter"], g.meta["n_combiner"]
+    if g.quantized:
+        inp = helper.make_tensor_value_info("codes", TensorProto.INT8, [1, S, "T"])
+        b.qps["codes"] = (qmath.IO_SCALE, 0)
+        s = b.const("io_scale", np.float32(qmath.IO_SCALE))
+        z = b.const("io_zp", np.int8(0))
+        b.node("DequantizeLinear", ["codes", s, z], g.input)
+        b.qps[g.input] = (qmath.IO_SCALE, 0)
+    else:
+        inp = helper.make_tensor_value_info(g.input, TensorProto.FLOAT, [1, S, "T"])
+    out_names = {name: f"out{i}" for i, name in enumerate(g.outputs)}
+    for op in g.ops:
+        _emit(b, op, g.quantized)
+        if op.output in out_names and not g.quantized:
+            b.node("Identity", [op.output + "_f"], out_names[op.output])
+            b.node("Identity", [op.output + "_f"], op.output)
+        else:
+            b.qdq(op.output + "_f", op.output, op.qp, out_names.get(op.output))
+    etype = TensorProto.INT8 if g.quantized else TensorProto.FLOAT
+    outs = [helper.make_tensor_value_info(f"out{i}", etype, [1, 1, "T"]) for i in range(C)]
+    graph = helper.make_graph(b.nodes, "fqse_convtasnet", [inp], outs, initializer=b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fqse")
+    model.ir_version = 8
+    helper.set_model_props(model, {"fqse": json.dumps(g.meta)})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def export_onnx(checkpoint: str | Path, output: str | Path, float_model: bool = False, yaml: str | None = None) -> Path:
+    """Checkpoint -> .onnx (written atomically)."""
+    cfg = model_config(load_config(yaml)) if yaml else None
+    model = load_model(checkpoint, cfg)
+    g = build_graph(model, quantized=not float_model)
+    proto = graph_to_onnx(g)
+    atomic_write(output, lambda tmp: onnx.save(proto, tmp))
+    return Path(output)

@@ -1,0 +1,104 @@
+"""Load an exported model (.onnx via onnxruntime, .tflite via ai-edge-litert) and run it on int8 codes.
+
+Both take the layout the exporters write: codes [1, S, T] int8 in, C outputs [1, 1, T] int8 out
+(float graphs: waveform [1, 1, T] float32 in and out). The model file's own metadata says how.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class ModelError(ValueError):
+    """A model file that cannot be used; one-line message."""
+
+
+class Backend:
+    meta: dict[str, Any]
+    path: Path
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """x: [S, T] int8 codes (or [1, T] float) -> [C, T] int8 (or [1, T] float)."""
+        raise NotImplementedError
+
+
+class OnnxBackend(Backend):
+    def __init__(self, path: Path, threads: int = 1, optimized_path: str | Path | None = None):
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        # Let ORT fuse int8 (s8s8) QDQ units into QLinearConv/QLinearAdd/... on x86 too (default: ARM only).
+        so.add_session_config_entry("session.qdqisint8allowed", "1")
+        if optimized_path:
+            so.optimized_model_filepath = str(optimized_path)
+        try:
+            self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:150]})") from None
+        props = self.sess.get_modelmeta().custom_metadata_map
+        if "fqse" not in props:
+            raise ModelError(f"{path}: ONNX model without FQSE metadata (export it with `fqse export`)")
+        self.meta = json.loads(props["fqse"])
+        self.path = path
+        self.in_name = self.sess.get_inputs()[0].name
+        self.out_names = [o.name for o in self.sess.get_outputs()]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        outs = self.sess.run(self.out_names, {self.in_name: x[None]})
+        return np.concatenate([o[0] for o in outs], axis=0)
+
+
+class TfliteBackend(Backend):
+    def __init__(self, path: Path, threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+        raw = path.read_bytes()
+        self.meta = read_tflite_metadata(raw, path)
+        try:
+            self.interp = Interpreter(model_content=raw, num_threads=threads)
+        except Exception as exc:
+            raise ModelError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0][:150]})") from None
+        self.path = path
+        self.inp = self.interp.get_input_details()[0]
+        outs = self.interp.get_output_details()
+        self.outs = sorted(outs, key=lambda d: d["name"])
+        self._len = None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        xt = np.ascontiguousarray(x.T[None])  # NWC
+        if self._len != xt.shape[1]:
+            self.interp.resize_tensor_input(self.inp["index"], list(xt.shape))
+            self.interp.allocate_tensors()
+            self._len = xt.shape[1]
+        self.interp.set_tensor(self.inp["index"], xt.astype(self.inp["dtype"]))
+        self.interp.invoke()
+        return np.concatenate([self.interp.get_tensor(o["index"]).reshape(1, -1) for o in self.outs], axis=0)
+
+
+TFLITE_META_MAGIC = b"FQSEMETA"
+
+
+def read_tflite_metadata(raw: bytes, path: Path) -> dict[str, Any]:
+    """The JSON that `fqse convert` appends after the flatbuffer, behind a magic marker."""
+    if len(raw) < 8 or raw[4:8] != b"TFL3":
+        raise ModelError(f"{path}: not a TFLite model")
+    i = raw.rfind(TFLITE_META_MAGIC)
+    if i < 0:
+        raise ModelError(f"{path}: TFLite model without FQSE metadata (convert it with `fqse convert`)")
+    return json.loads(raw[i + len(TFLITE_META_MAGIC):].decode())
+
+
+def load_backend(path: str | Path, threads: int = 1) -> Backend:
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such model file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: empty model file")
+    if path.suffix == ".onnx":
+        return OnnxBackend(path, threads)
+    if path.suffix == ".tflite":
+        return TfliteBackend(path, threads)
+    raise ModelError(f"{path}: unknown model type (expected .onnx or .tflite)")
