@@ -134,7 +134,17 @@ def build_graph(model: ConvTasNet, quantized: bool = True) -> Graph:
         r = conv(model.res_encoder, "y0", "res_enc", model.q_res_enc)
         e = binary("sub", masked, r, "err", model.q_err)
         outputs.append(decode(e, "y1", model.q_res_frames, model.q_res_out, gain=RES_GAIN))
-    return Graph(ops, "input", outputs, metadata(model, quantized), quantized)
+    return Graph(_live(ops, outputs), "input", outputs, metadata(model, quantized), quantized)
+
+
+def _live(ops: list[Op], outputs: list[str]) -> list[Op]:
+    """Drop ops whose result is never used (the last block's residual path)."""
+    needed, keep = set(outputs), []
+    for op in reversed(ops):
+        if op.output in needed:
+            keep.append(op)
+            needed.update(op.inputs)
+    return keep[::-1]
 
 
 def metadata(model: ConvTasNet, quantized: bool) -> dict[str, Any]:

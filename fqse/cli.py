@@ -39,8 +39,7 @@ def _convert(a: argparse.Namespace) -> None:
 
 def _parity(a: argparse.Namespace) -> None:
     from conversion.parity import run_parity
-    run_parity(a.checkpoint, a.audio, onnx=a.onnx, tflite=a.tflite, clean=a.clean, json_out=a.json,
-               per_layer=a.per_layer)
+    run_parity(a.checkpoint, a.audio, onnx=a.onnx, tflite=a.tflite, clean=a.clean, json_out=a.json)
 
 
 def _enhance(a: argparse.Namespace) -> None:
@@ -112,7 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--onnx")
     s.add_argument("--tflite")
     s.add_argument("--json")
-    s.add_argument("--per-layer", action="store_true")
     s.set_defaults(func=_parity)
 
     s = sub.add_parser("enhance", help="enhance a file with an int8 model (torch-free)")

@@ -54,21 +54,23 @@ class OnnxBackend(Backend):
 
 class TfliteBackend(Backend):
     def __init__(self, path: Path, threads: int = 1):
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
         raw = path.read_bytes()
         self.meta = read_tflite_metadata(raw, path)
         try:
-            self.interp = Interpreter(model_content=raw, num_threads=threads)
+            # TFLite's built-in int8 kernels: the XNNPACK delegate fails to prepare this graph once the
+            # input is resized (measured with ai-edge-litert 2.1.0), and we resize to every length.
+            self.interp = Interpreter(model_content=raw, num_threads=threads,
+                                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         except Exception as exc:
             raise ModelError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0][:150]})") from None
         self.path = path
         self.inp = self.interp.get_input_details()[0]
-        outs = self.interp.get_output_details()
-        self.outs = sorted(outs, key=lambda d: d["name"])
+        self.outs = self.interp.get_output_details()  # subgraph order: out0, out1, ...
         self._len = None
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        xt = np.ascontiguousarray(x.T[None])  # NWC
+        xt = np.ascontiguousarray(x.T[None, None])  # NHWC [1, 1, T, S]
         if self._len != xt.shape[1]:
             self.interp.resize_tensor_input(self.inp["index"], list(xt.shape))
             self.interp.allocate_tensors()
@@ -78,17 +80,20 @@ class TfliteBackend(Backend):
         return np.concatenate([self.interp.get_tensor(o["index"]).reshape(1, -1) for o in self.outs], axis=0)
 
 
-TFLITE_META_MAGIC = b"FQSEMETA"
-
-
 def read_tflite_metadata(raw: bytes, path: Path) -> dict[str, Any]:
-    """The JSON that `fqse convert` appends after the flatbuffer, behind a magic marker."""
+    """The JSON that `fqse convert` stores as the TFLite metadata entry named "fqse"."""
+    from ai_edge_litert import schema_py_generated as schema
     if len(raw) < 8 or raw[4:8] != b"TFL3":
         raise ModelError(f"{path}: not a TFLite model")
-    i = raw.rfind(TFLITE_META_MAGIC)
-    if i < 0:
-        raise ModelError(f"{path}: TFLite model without FQSE metadata (convert it with `fqse convert`)")
-    return json.loads(raw[i + len(TFLITE_META_MAGIC):].decode())
+    try:
+        model = schema.Model.GetRootAsModel(raw, 0)
+        for i in range(model.MetadataLength()):
+            md = model.Metadata(i)
+            if md.Name() == b"fqse":
+                return json.loads(model.Buffers(md.Buffer()).DataAsNumpy().tobytes().decode())
+    except Exception as exc:
+        raise ModelError(f"{path}: corrupt TFLite model ({exc})") from None
+    raise ModelError(f"{path}: TFLite model without FQSE metadata (convert it with `fqse convert`)")
 
 
 def load_backend(path: str | Path, threads: int = 1) -> Backend:

@@ -15,6 +15,7 @@ import numpy as np
 IO_BITS = 8
 IO_SCALE = 1.0 / 2 ** (IO_BITS - 1)  # 1/128
 Q_MIN, Q_MAX = -128, 127  # int8 activations
+MIN_RANGE = 1e-6  # smallest activation range
 W_MAX = 127  # weights: narrow symmetric range [-127, 127], zero point 0 (TFLite int8 spec)
 
 
@@ -25,8 +26,8 @@ def act_qparams(lo: float, hi: float, bits: int = 8) -> tuple[float, int, float,
     """
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     levels = 2 ** bits - 1
-    if hi - lo < 1e-8:
-        hi = lo + 1e-8
+    if hi - lo < MIN_RANGE:  # TensorFlow's FakeQuant widens tiny ranges the same way
+        hi = lo + MIN_RANGE
     scale = (hi - lo) / levels
     zp_u = int(np.clip(np.round(-lo / scale), 0, levels))
     nmin = -zp_u * scale

@@ -57,7 +57,7 @@ class ActQuant(nn.Module):
             return torch.fake_quantize_per_tensor_affine(x, scale, zp, qmath.Q_MIN, qmath.Q_MAX)
         lo = torch.clamp(self.min, max=0.0)
         hi = torch.clamp(self.max, min=0.0)
-        scale = torch.clamp((hi - lo) / 255.0, min=1e-8)
+        scale = torch.clamp(hi - lo, min=qmath.MIN_RANGE) / 255.0
         zp = torch.clamp(round_ste(-lo / scale), 0, 255)
         q = torch.clamp(round_ste(x / scale) + zp, 0, 255)
         return (q - zp) * scale

@@ -1,0 +1,91 @@
+"""Stage-by-stage numerical checks of a TFLite conversion; a failed check raises ConversionError.
+
+Stages: (1) the TF graph (with its FakeQuant ops) against the fake-quant torch model, (2) the TFLite
+model: fully integer, QAT scales kept tensor by tensor, outputs against the fake-quant torch model.
+The check audio is calibration_data/*.wav (shipped with the repo).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from conversion.graph import Graph
+from conversion.parity import compare, torch_outputs
+from conversion.tflite_export import ConversionError, tensor_report, tf_function
+from runtime import pipeline, qmath
+from runtime.audio import read_audio, to_int16
+
+CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration_data"
+# Bounds (dB of the combined output against the fake-quant torch model).
+MIN_SNR_TF_GRAPH = 40.0
+MIN_SNR_TFLITE_INT8 = 35.0
+MIN_SNR_FLOAT = 60.0
+
+
+def check_audio(sample_rate: int, seconds: float = 2.0) -> np.ndarray:
+    """int16 PCM of the first calibration clip, at most `seconds` long."""
+    files = sorted(CALIBRATION_DIR.glob("*.wav"))
+    if not files:
+        raise ConversionError(f"no check audio in {CALIBRATION_DIR}")
+    x, _ = read_audio(files[0], sample_rate)
+    return to_int16(x[: int(seconds * sample_rate)])
+
+
+def fully_integer(report: dict[str, Any]) -> list[str]:
+    """Names of tensors that are neither int8 nor int32."""
+    return [n for n, t in report["tensors"].items() if t["dtype"] not in ("int8", "int32")]
+
+
+def scale_mismatches(g: Graph, report: dict[str, Any]) -> list[str]:
+    """QAT quantizers with no TFLite tensor of exactly that (scale, zero point), and int8 activation
+    tensors of the TFLite model whose (scale, zero point) is no QAT quantizer's."""
+    want = {(np.float32(qp[0]), qp[1]) for qp in [op.qp for op in g.ops] + [(qmath.IO_SCALE, 0)] if qp is not None}
+    have = {(np.float32(t["scales"][0]), int(t["zero_points"][0])) for t in report["tensors"].values()
+            if t["dtype"] == "int8" and len(t["scales"]) == 1}
+    close = lambda a, pool: any(abs(a[0] - b[0]) <= 1e-6 * a[0] and a[1] == b[1] for b in pool)  # noqa: E731
+    missing = [f"QAT {s:.6g}/{z}" for s, z in want if not close((s, z), have)]
+    extra = [f"TFLite {s:.6g}/{z}" for s, z in have if not close((s, z), want)]
+    return missing + extra
+
+
+def check_tflite(model: Any, g: Graph, raw: bytes, pcm: np.ndarray | None = None) -> dict[str, Any]:
+    """Run all checks; returns the measured figures."""
+    from runtime.backends import TfliteBackend
+    pcm = check_audio(g.meta["sample_rate"]) if pcm is None else pcm
+    x = pipeline.pre(pcm, g.meta)
+    ref = torch_outputs(model, x)
+    # Stage 1: the TF graph itself.
+    fn = tf_function(g, length=None)
+    tf_in = (x.astype(np.float32) * (qmath.IO_SCALE if x.dtype == np.int8 else 1.0)).T[None, None]
+    outs = fn(tf_in)
+    y_tf = np.stack([outs[f"out{i}"].numpy().reshape(-1) for i in range(len(outs))])
+    if x.dtype == np.int8:
+        y_tf = np.round(y_tf / qmath.IO_SCALE).astype(np.int8)
+    report: dict[str, Any] = {"tf_graph": compare(ref, y_tf, g.meta)}
+    bound = MIN_SNR_TF_GRAPH if g.quantized else MIN_SNR_FLOAT
+    if report["tf_graph"]["snr_db"] < bound:
+        raise ConversionError(f"TF graph disagrees with the torch model: {report['tf_graph']['snr_db']:.1f} dB < {bound} dB")
+    # Stage 2: the TFLite model.
+    rep = tensor_report(raw)
+    report["ops"] = {k: rep["ops"].count(k) for k in sorted(set(rep["ops"]))}
+    if g.quantized:
+        floats = fully_integer(rep)
+        report["fully_integer"] = not floats
+        if floats:
+            raise ConversionError(f"TFLite model has {len(floats)} non-integer tensors, e.g. {floats[:3]}")
+        bad = scale_mismatches(g, rep)
+        report["qat_scales_kept"] = not bad
+        if bad:
+            raise ConversionError(f"TFLite scales differ from the QAT ones: {bad[:4]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "m.tflite"
+        p.write_bytes(raw)
+        be = TfliteBackend(p)
+        report["tflite"] = compare(ref, be.run(x), g.meta)
+    bound = MIN_SNR_TFLITE_INT8 if g.quantized else MIN_SNR_FLOAT
+    if report["tflite"]["snr_db"] < bound:
+        raise ConversionError(f"TFLite model disagrees with the torch model: {report['tflite']['snr_db']:.1f} dB < {bound} dB")
+    return report

@@ -1,0 +1,97 @@
+"""Parity: how far a deployed model (ONNX / TFLite) is from the fake-quant PyTorch model.
+
+Both sides get the same model input (the runtime's integer splitter on the same int16 audio), so only
+the networks are compared: SNR of the combined output in dB, and per int8 output channel the largest
+difference and the share of samples within 1 LSB.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime import pipeline, qmath
+from runtime.audio import read_audio, to_int16
+from runtime.backends import load_backend
+from runtime.files import atomic_write
+from runtime.metrics import si_snr, snr
+from training.checkpoint import load_model
+from training.model import ConvTasNet
+
+
+def torch_outputs(model: ConvTasNet, x: np.ndarray) -> np.ndarray:
+    """Run the (eval, fake-quant) torch model on a model input [S, T']: outputs [C, T'] in the
+    deployed model's units (int8 codes for QAT models, float values for float models)."""
+    quantized = x.dtype == np.int8
+    inp = torch.from_numpy(x.astype(np.float32) * (qmath.IO_SCALE if quantized else 1.0))[None]
+    with torch.no_grad():
+        outs = model.eval()(inp)
+    y = np.stack([o[0, 0].numpy() for o in outs])
+    return np.round(y / qmath.IO_SCALE).astype(np.int8) if quantized else y
+
+
+def to_wave(y: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """Combined float waveform of model outputs [C, T'] (before cropping)."""
+    if y.dtype == np.int8:
+        return qmath.combine([c.astype(np.float64) for c in y])
+    return qmath.combine([c / qmath.IO_SCALE for c in y]) if meta["splitter"] else y[0]
+
+
+def compare(ref: np.ndarray, got: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+    """SNR (dB) of the deployed output against the reference, and per-channel LSB statistics."""
+    res: dict[str, Any] = {"snr_db": snr(to_wave(got, meta), to_wave(ref, meta))}
+    if ref.dtype == np.int8:
+        d = np.abs(ref.astype(np.int32) - got.astype(np.int32))
+        res["max_lsb"] = [int(v) for v in d.max(axis=1)]
+        res["within_1lsb"] = [float(v) for v in (d <= 1).mean(axis=1)]
+        res["exact"] = [float(v) for v in (d == 0).mean(axis=1)]
+    return res
+
+
+def parity_on_pcm(model: ConvTasNet, backend: Any, pcm: np.ndarray) -> dict[str, Any]:
+    meta = backend.meta
+    x = pipeline.pre(pcm, meta)
+    return compare(torch_outputs(model, x), backend.run(x), meta)
+
+
+def run_parity(checkpoint: str, audio: str, onnx: str | None = None, tflite: str | None = None,
+               clean: str | None = None, json_out: str | None = None) -> dict[str, Any]:
+    """`fqse parity`: fake-quant vs each deployed model; SI-SNR of each against clean when given."""
+    model = load_model(checkpoint)
+    sr = model.cfg.sample_rate
+    notes: list[str] = []
+    pcm = to_int16(read_audio(audio, sr, notes=notes)[0])
+    ref_clean = read_audio(clean, sr, notes=notes)[0] if clean else None
+    for n in notes:
+        print(f"note: {n}")
+    result: dict[str, Any] = {"audio": str(audio), "models": {}}
+    outputs: dict[str, np.ndarray] = {}
+    for kind, path in (("onnx", onnx), ("tflite", tflite)):
+        if not path:
+            continue
+        be = load_backend(path)
+        x = pipeline.pre(pcm, be.meta)
+        ref = torch_outputs(model, x)
+        got = be.run(x)
+        r = compare(ref, got, be.meta)
+        outputs[kind] = pipeline.post(got, len(pcm), be.meta)
+        outputs.setdefault("fakequant", pipeline.post(ref, len(pcm), be.meta))
+        r["path"] = str(path)
+        result["models"][kind] = r
+    if ref_clean is not None:
+        n = min(len(ref_clean), len(pcm))
+        result["si_snr_vs_clean"] = {"noisy": si_snr(pcm[:n] / 32768.0, ref_clean[:n]),
+                                     **{k: si_snr(v[:n] / 32768.0, ref_clean[:n]) for k, v in outputs.items()}}
+    print(f"{'model':<8} {'SNR vs fake-quant (dB)':>24} {'max LSB':>10} {'within 1 LSB':>14}")
+    for k, r in result["models"].items():
+        lsb = ",".join(str(v) for v in r.get("max_lsb", []))
+        w1 = ",".join(f"{100 * v:.3f}%" for v in r.get("within_1lsb", []))
+        print(f"{k:<8} {r['snr_db']:>24.2f} {lsb:>10} {w1:>14}")
+    if "si_snr_vs_clean" in result:
+        print("SI-SNR vs clean (dB): " + ", ".join(f"{k} {v:.2f}" for k, v in result["si_snr_vs_clean"].items()))
+    if json_out:
+        atomic_write(json_out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    return result

@@ -1,0 +1,41 @@
+"""Host pre/post-processing around a deployed model, in integer arithmetic (numpy only).
+
+int16 PCM -> pad one hop each side (length a multiple of the hop) -> splitter -> S int8 streams ->
+model -> C int8 streams -> combiner -> int16 PCM, cropped. Float graphs take and give float waveforms.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from runtime import qmath
+
+
+def padded_length(n: int, hop: int) -> int:
+    """Model input length for n samples: rounded up to the hop, plus one hop each side."""
+    return -(-n // hop) * hop + 2 * hop
+
+
+def pre(pcm: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """int16 PCM [T] -> model input: int8 codes [S, T'] (or float [1, T'] for float graphs)."""
+    hop = meta["stride"]
+    total = padded_length(len(pcm), hop)
+    x = np.zeros(total, np.int16)
+    x[hop: hop + len(pcm)] = pcm
+    if meta["splitter"] and meta.get("quantized", True):
+        return qmath.split_int16(x, meta["n_splitter"])
+    if meta["splitter"]:  # float graph of a QAT model: float splitter values
+        return np.stack(qmath.split(x.astype(np.float64) / 32768.0, meta["n_splitter"])).astype(np.float32) * qmath.IO_SCALE
+    return (x.astype(np.float32) / 32768.0)[None]
+
+
+def post(y: np.ndarray, n: int, meta: dict[str, Any]) -> np.ndarray:
+    """Model outputs [C, T'] -> int16 PCM [n] (integer combiner), cropped to the input."""
+    hop = meta["stride"]
+    if y.dtype == np.int8:
+        out = qmath.combine_int16(y)
+    else:
+        comb = qmath.combine([c / qmath.IO_SCALE for c in y]) if meta["splitter"] else y[0]
+        out = np.clip(np.round(comb * 32768.0), -32768, 32767).astype(np.int16)
+    return out[hop: hop + n]
