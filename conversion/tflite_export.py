@@ -121,10 +121,14 @@ def to_tflite(g: Graph) -> bytes:
 
 
 def add_metadata(raw: bytes, meta: dict) -> bytes:
-    """Store the runtime's metadata as a named TFLite metadata buffer ("fqse")."""
+    """Mark the time axis dynamic and store the runtime's metadata as a TFLite metadata buffer ("fqse")."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(raw, 0))
+    sub = model.subgraphs[0]
+    for i in list(sub.inputs) + list(sub.outputs):  # traced at TRACE_LEN; runs at any length
+        t = sub.tensors[i]
+        t.shapeSignature = np.array([-1 if d == TRACE_LEN else int(d) for d in t.shape], dtype=np.int32)
     buf = schema.BufferT()
     buf.data = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     model.buffers.append(buf)

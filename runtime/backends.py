@@ -71,10 +71,10 @@ class TfliteBackend(Backend):
 
     def run(self, x: np.ndarray) -> np.ndarray:
         xt = np.ascontiguousarray(x.T[None, None])  # NHWC [1, 1, T, S]
-        if self._len != xt.shape[1]:
+        if self._len != xt.shape[2]:
             self.interp.resize_tensor_input(self.inp["index"], list(xt.shape))
             self.interp.allocate_tensors()
-            self._len = xt.shape[1]
+            self._len = xt.shape[2]
         self.interp.set_tensor(self.inp["index"], xt.astype(self.inp["dtype"]))
         self.interp.invoke()
         return np.concatenate([self.interp.get_tensor(o["index"]).reshape(1, -1) for o in self.outs], axis=0)

@@ -1,0 +1,170 @@
+"""Streaming and file enhancement with a deployed int8 model (numpy, soundfile, onnxruntime/LiteRT).
+
+Two streaming modes, chosen from the model's metadata:
+- causal models: each call runs the model on the new hops plus enough past input to cover the
+  receptive field, and keeps only outputs whose whole receptive field was inside the window, so the
+  streamed output equals the offline run bit for bit. Latency: one encoder window (2 hops).
+- non-causal models (gLN): blocks of `block_ms` with 50 % overlap, triangular weights, overlap-add.
+  Latency: one block.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from runtime import pipeline
+from runtime.audio import AudioError, check_signal, read_audio, to_int16, write_audio
+from runtime.backends import Backend, load_backend
+
+
+class Enhancer:
+    """`from_file(path)`, then `process(chunk)` / `flush()`, or `enhance_file(in, out)`."""
+
+    def __init__(self, backend: Backend, hop_ms: float = 16.0, block_ms: float = 1000.0):
+        self.be = backend
+        self.meta = backend.meta
+        self.sr = int(self.meta["sample_rate"])
+        self.hop = int(self.meta["stride"])  # encoder hop (samples)
+        self.chunk = max(self.hop, int(round(hop_ms * self.sr / 1000 / self.hop)) * self.hop)
+        self.causal = bool(self.meta["causal"])
+        self.block = max(4 * self.hop, int(round(block_ms * self.sr / 1000 / (2 * self.hop))) * 2 * self.hop)
+        self.reset()
+
+    @classmethod
+    def from_file(cls, path: str | Path, threads: int = 1, **kw) -> "Enhancer":
+        return cls(load_backend(path, threads), **kw)
+
+    @property
+    def latency_samples(self) -> int:
+        return 2 * self.hop if self.causal else self.block
+
+    def reset(self) -> None:
+        self._buf = np.zeros(0, np.int16)  # input from absolute sample _buf_start to _seen
+        self._buf_start = 0
+        self._seen = 0  # input samples received
+        self._done = 0  # output samples emitted
+        self._next_block = 0  # block mode: index of the next block to run
+        self._acc = np.zeros(0, np.float64)  # block mode: weighted outputs from sample _done on
+        self._wsum = np.zeros(0, np.float64)
+
+    def _run_offline(self, pcm: np.ndarray) -> np.ndarray:
+        """Run the model on pcm as a whole utterance (host pre/post in integers)."""
+        return pipeline.post(self.be.run(pipeline.pre(pcm, self.meta)), len(pcm), self.meta)
+
+    def _segment(self, start: int, stop: int) -> np.ndarray:
+        return self._buf[start - self._buf_start: stop - self._buf_start]
+
+    def _drop_before(self, pos: int) -> None:
+        pos = max(pos, self._buf_start)
+        self._buf = self._buf[pos - self._buf_start:]
+        self._buf_start = pos
+
+    # --- causal: windowed recompute, exact ------------------------------------------------------------
+    def _causal_step(self, final: bool) -> np.ndarray:
+        s = self.hop
+        context = (int(self.meta["receptive_field_frames"]) + 2) * s
+        # Output k needs input up to the end of hop k // s + 1 (one encoder window of look-ahead).
+        ready = self._seen if final else max(0, (self._seen // s - 1) * s)
+        if ready <= self._done or (not final and ready - self._done < self.chunk):
+            return np.zeros(0, np.int16)
+        w0 = max(0, (self._done - context) // s * s)  # hop-aligned, the receptive field fits inside
+        y = self._run_offline(self._segment(w0, self._seen))
+        out = y[self._done - w0: ready - w0]
+        self._drop_before(max(0, (ready - context) // s * s))
+        return out
+
+    # --- non-causal: overlapping blocks -----------------------------------------------------------------
+    def _block_step(self, final: bool) -> np.ndarray:
+        step = self.block // 2
+        win = np.bartlett(self.block + 2)[1:-1]
+        while True:
+            b0 = self._next_block * step
+            if not (self._seen >= b0 + self.block or (final and b0 < self._seen)):
+                break
+            seg = self._segment(b0, min(b0 + self.block, self._seen))
+            y = self._run_offline(seg) * win[: len(seg)]
+            end = b0 + len(seg) - self._done
+            if len(self._acc) < end:
+                self._acc = np.pad(self._acc, (0, end - len(self._acc)))
+                self._wsum = np.pad(self._wsum, (0, end - len(self._wsum)))
+            self._acc[b0 - self._done: end] += y
+            self._wsum[b0 - self._done: end] += win[: len(seg)]
+            self._next_block += 1
+        final_upto = self._seen if final else min(self._next_block * step, self._seen)
+        n = max(0, final_upto - self._done)
+        out = self._acc[:n] / np.maximum(self._wsum[:n], 1e-9)
+        self._acc, self._wsum = self._acc[n:], self._wsum[n:]
+        self._drop_before(self._next_block * step)
+        return np.clip(np.round(out), -32768, 32767).astype(np.int16)
+
+    # --- public API -------------------------------------------------------------------------------------
+    def process(self, chunk: np.ndarray) -> np.ndarray:
+        """Feed int16 PCM (or float in [-1, 1]); returns the enhanced samples ready so far (int16)."""
+        chunk = check_signal(np.asarray(chunk).reshape(-1), "input chunk") if len(chunk) else np.asarray(chunk)
+        if chunk.dtype != np.int16:
+            chunk = to_int16(chunk)
+        self._buf = np.concatenate([self._buf, chunk])
+        self._seen += len(chunk)
+        out = self._causal_step(False) if self.causal else self._block_step(False)
+        self._done += len(out)
+        return out
+
+    def flush(self) -> np.ndarray:
+        """Everything still buffered; the total output then equals the input length."""
+        out = self._causal_step(True) if self.causal else self._block_step(True)
+        self.reset()
+        return out
+
+    def enhance(self, pcm: np.ndarray) -> np.ndarray:
+        """Whole signal at once (offline)."""
+        pcm = check_signal(pcm, "input")
+        return self._run_offline(pcm if pcm.dtype == np.int16 else to_int16(pcm))
+
+    def enhance_file(self, src: str | Path, dst: str | Path, stream: bool = False, progress: bool = True,
+                     notes: list[str] | None = None) -> np.ndarray:
+        """Read, enhance (streaming hop by hop or offline), write atomically; returns int16 output."""
+        x, _ = read_audio(src, self.sr, notes=notes)
+        pcm = to_int16(x)
+        if not stream:
+            y = self.enhance(pcm)
+        else:
+            parts = []
+            show = progress and len(pcm) > 5 * self.sr
+            for i in tqdm(range(0, len(pcm), self.chunk), disable=not show, desc="enhance", unit="hop"):
+                parts.append(self.process(pcm[i: i + self.chunk]))
+            parts.append(self.flush())
+            y = np.concatenate(parts)
+        write_audio(dst, y, self.sr)
+        return y
+
+
+def enhance_cli(src: str, dst: str, model: str, stream: bool = False, hop_ms: float = 16.0, threads: int = 1) -> None:
+    enh = Enhancer.from_file(model, threads, hop_ms=hop_ms)
+    notes: list[str] = []
+    if Path(dst).resolve() == Path(src).resolve():
+        raise AudioError("output would overwrite the input; choose another -o")
+    enh.enhance_file(src, dst, stream=stream, notes=notes)
+    for n in notes:
+        print(f"note: {n}")
+    mode = "streaming (" + ("causal, exact" if enh.causal else "blocks") + ")" if stream else "offline"
+    print(f"wrote {dst} ({mode}, latency {1000 * enh.latency_samples / enh.sr:.0f} ms)")
+
+
+def stream_stdio(model: str, hop_ms: float = 16.0, threads: int = 1) -> None:
+    """Raw int16 mono PCM at the model's rate on stdin -> enhanced PCM on stdout."""
+    enh = Enhancer.from_file(model, threads, hop_ms=hop_ms)
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    nbytes = enh.chunk * 2
+    while True:
+        data = inp.read(nbytes)
+        if not data:
+            break
+        if len(data) % 2:
+            data = data[:-1]
+        out.write(enh.process(np.frombuffer(data, np.int16)).tobytes())
+        out.flush()
+    out.write(enh.flush().tobytes())
+    out.flush()
