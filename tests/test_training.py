@@ -1,0 +1,155 @@
+"""Training: asteroid checkpoints, config/checkpoint mismatch, data errors, resume after a kill."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import ROOT
+from training import checkpoint
+from training.config import ConfigError, load_config, model_config
+from training.data import DataError, MixDataset
+from training.model import ConvTasNet, ModelConfig, enhance
+
+SMALL = dict(n_filters=16, kernel_size=16, bn_chan=8, hid_chan=16, skip_chan=8, n_blocks=2, n_repeats=1)
+
+
+def _write_config(tmp: Path, data: Path, **model) -> Path:
+    conf = {"work_dir": str(tmp / "work"), "seed": 0,
+            "model": {**SMALL, "norm_type": "BN", "causal": True, "n_splitter": 2, "n_combiner": 2,
+                      "quantization": {"enabled": True, "gradient_based": True}, **model},
+            "dataset": {"train_dir": str(data / "train"), "valid_dir": str(data / "dev"), "segment": 0.5},
+            "training": {"epochs": 3, "batch_size": 2, "save_every": 1, "max_steps_per_epoch": 5}}
+    p = tmp / "conf.yml"
+    p.write_text(yaml.safe_dump(conf))
+    return p
+
+
+def _asteroid_state(cfg: ModelConfig) -> dict:
+    """A checkpoint in asteroid's layout and key names, made from a float model of ours."""
+    m = ConvTasNet(cfg)
+    sd = {"encoder.filterbank._filters": m.encoder.conv.weight.detach().clone(),
+          "decoder.filterbank._filters": m.decoder_filters.detach().clone(),
+          "masker.bottleneck.0.gamma": m.bottleneck_norm.gamma.detach().clone() + 0.5,
+          "masker.bottleneck.0.beta": m.bottleneck_norm.beta.detach().clone(),
+          "masker.bottleneck.1.weight": m.bottleneck.conv.weight.detach().clone(),
+          "masker.bottleneck.1.bias": m.bottleneck.conv.bias.detach().clone(),
+          "masker.mask_net.0.weight": torch.tensor([0.3]),
+          "masker.mask_net.1.weight": m.mask_conv.conv.weight.detach().clone(),
+          "masker.mask_net.1.bias": m.mask_conv.conv.bias.detach().clone()}
+    names = {"in_conv.conv": "0", "prelu1": "1", "norm1": "2", "dconv.conv": "3", "prelu2": "4", "norm2": "5"}
+    for k, blk in enumerate(m.blocks):
+        for ours, idx in names.items():
+            mod = blk.get_submodule(ours)
+            for pname, p in mod.named_parameters(recurse=False):
+                sd[f"masker.TCN.{k}.shared_block.{idx}.{pname}"] = p.detach().clone() + 0.1
+        for r in ("res_conv", "skip_conv"):
+            sd[f"masker.TCN.{k}.{r}.weight"] = getattr(blk, r).conv.weight.detach().clone()
+            sd[f"masker.TCN.{k}.{r}.bias"] = getattr(blk, r).conv.bias.detach().clone()
+    return {"model_name": "ConvTasNet", "model_args": {"n_filters": cfg.n_filters, "norm_type": cfg.norm_type},
+            "state_dict": sd}
+
+
+def test_loads_asteroid_checkpoint(tmp_path):
+    cfg = ModelConfig(**SMALL, norm_type="gLN")
+    ast = _asteroid_state(cfg)
+    torch.save(ast, tmp_path / "pytorch_model.bin")
+    model = ConvTasNet(ModelConfig(**SMALL, norm_type="gLN", quantize=True, n_splitter=2, n_combiner=2))
+    checkpoint.init_from_float(model, tmp_path / "pytorch_model.bin")
+    sd = ast["state_dict"]
+    assert torch.equal(model.blocks[1].dconv.conv.weight, sd["masker.TCN.1.shared_block.3.weight"])
+    assert torch.equal(model.blocks[0].norm2.gamma, sd["masker.TCN.0.shared_block.5.gamma"])
+    assert torch.equal(model.mask_prelu.weight, sd["masker.mask_net.0.weight"])
+    # the second splitter channel starts as the first one / 256
+    enc = model.encoder.conv.weight
+    assert torch.allclose(enc[:, 1], sd["encoder.filterbank._filters"][:, 0] / 256)
+
+
+def test_asteroid_checkpoint_with_other_config_is_clear_error(tmp_path):
+    torch.save(_asteroid_state(ModelConfig(**SMALL, norm_type="gLN")), tmp_path / "a.bin")
+    model = ConvTasNet(ModelConfig(**{**SMALL, "hid_chan": 24}, norm_type="gLN"))
+    with pytest.raises(checkpoint.CheckpointError, match="shapes do not match"):
+        checkpoint.init_from_float(model, tmp_path / "a.bin")
+
+
+def test_checkpoint_config_mismatch_is_clear_error(tmp_path):
+    m = ConvTasNet(ModelConfig(**SMALL, norm_type="BN", causal=True))
+    checkpoint.save(tmp_path / "c.pt", m)
+    with pytest.raises(checkpoint.CheckpointError, match="norm_type: checkpoint 'BN', config 'gLN'"):
+        checkpoint.load_model(tmp_path / "c.pt", ModelConfig(**SMALL, norm_type="gLN"))
+
+
+def test_bad_config_values_are_clear_errors(tmp_path):
+    p = tmp_path / "c.yml"
+    p.write_text("model: {norm_type: XN}\n")
+    with pytest.raises(ConfigError, match="norm_type"):
+        model_config(load_config(p))
+    p.write_text("model: {norm_type: gLN, causal: true}\n")
+    with pytest.raises(ConfigError, match="causal model needs"):
+        model_config(load_config(p))
+
+
+def test_empty_data_folder_and_missing_column(tmp_path, tiny_data):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no metadata CSV"):
+        MixDataset(tmp_path / "empty")
+    bad = tmp_path / "bad" / "train"
+    bad.mkdir(parents=True)
+    (bad / "mix_single.csv").write_text("mixture_ID,mixture_path,length\nx,a.wav,3\n")
+    with pytest.raises(DataError, match="missing column.*source_1_path"):
+        MixDataset(bad)
+
+
+def test_fqse_models_quantize_every_tensor_on_integer_grid():
+    torch.manual_seed(0)
+    m = ConvTasNet(ModelConfig(**SMALL, norm_type="BN", causal=True, quantize=True, n_splitter=2, n_combiner=2))
+    m.train()
+    enhance(m, torch.rand(2, 4000) - 0.5)
+    m.eval()
+    from conversion.graph import build_graph
+    g = build_graph(m)
+    assert all(op.qp is not None for op in g.ops if op.output != "mask_conv_f")
+    for op in g.ops:
+        if op.kind == "conv":
+            assert op.attrs["w_int"].min() >= -127  # narrow symmetric range
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path, weights_only=False)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_data):
+    conf = _write_config(tmp_path, tiny_data)
+    full = subprocess.run([sys.executable, "-m", "fqse", "train", "-y", str(conf), "--work-dir", str(tmp_path / "a"),
+                           "--max-steps", "8"], cwd=ROOT, capture_output=True, text=True)
+    assert full.returncode == 0, full.stderr[-2000:]
+    # the same run, killed (SIGKILL) once a mid-epoch checkpoint exists, then resumed
+    proc = subprocess.Popen([sys.executable, "-m", "fqse", "train", "-y", str(conf), "--work-dir", str(tmp_path / "b"),
+                             "--max-steps", "8"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "b" / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if last.exists() and _state(last)["train_state"]["step"] >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _state(last)["train_state"]
+    assert killed_at["step"] < 8  # killed before the end
+    res = subprocess.run([sys.executable, "-m", "fqse", "train", "-y", str(conf), "--work-dir", str(tmp_path / "b"),
+                          "--max-steps", "8", "--resume"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = _state(tmp_path / "a" / "last.pt"), _state(last)
+    assert a["train_state"]["step"] == b["train_state"]["step"] == 8
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.allclose(sa[k]["exp_avg"], sb[k]["exp_avg"], atol=1e-6)
+    for k, v in a["state_dict"].items():
+        assert torch.allclose(v.float(), b["state_dict"][k].float(), atol=1e-5), k
