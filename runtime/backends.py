@@ -57,13 +57,22 @@ class TfliteBackend(Backend):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
         raw = path.read_bytes()
         self.meta = read_tflite_metadata(raw, path)
-        try:
-            # TFLite's built-in int8 kernels: the XNNPACK delegate fails to prepare this graph once the
-            # input is resized (measured with ai-edge-litert 2.1.0), and we resize to every length.
-            self.interp = Interpreter(model_content=raw, num_threads=threads,
-                                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        except Exception as exc:
-            raise ModelError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0][:150]})") from None
+        self.interp, self.kernels = None, ""
+        # XNNPACK first; it fails to prepare some int8 graphs once the input is resized (seen with
+        # ai-edge-litert 2.1.0 on this int8 ConvTasNet), then TFLite's built-in kernels are used.
+        for resolver, label in ((OpResolverType.AUTO, "xnnpack"), (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, "builtin")):
+            try:
+                it = Interpreter(model_content=raw, num_threads=threads, experimental_op_resolver_type=resolver)
+                d = it.get_input_details()[0]
+                it.resize_tensor_input(d["index"], [int(v) if v > 0 else 64 for v in d["shape_signature"]])
+                it.allocate_tensors()
+            except Exception as exc:  # noqa: BLE001 - try the next resolver, report the last failure
+                err = exc
+                continue
+            self.interp, self.kernels = it, label
+            break
+        if self.interp is None:
+            raise ModelError(f"{path}: not a loadable TFLite model ({str(err).splitlines()[0][:150]})")
         self.path = path
         self.inp = self.interp.get_input_details()[0]
         self.outs = self.interp.get_output_details()  # subgraph order: out0, out1, ...

@@ -1,0 +1,80 @@
+"""Full-size benchmark: asteroid-sized FQSE ConvTasNet (N=512, B=128, H=512, X=8, R=3), random weights
+with quantizer ranges observed on random audio, exported and converted (timed), then benchmarked.
+
+    python -m conversion.fullsize --out artifacts/fullsize [--norm BN gLN]
+
+Speed does not depend on weight values, so random weights give the deployment figures of a trained
+model of this size. Writes fullsize.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from conversion.onnx_export import export_onnx
+from conversion.tflite_export import convert_tflite
+from runtime.bench import measure_isolated
+from training import checkpoint
+from training.model import ConvTasNet, ModelConfig, enhance
+
+
+def make_model(norm: str, quantize: bool, path: Path) -> Path:
+    torch.manual_seed(0)
+    cfg = ModelConfig(norm_type=norm, causal=norm != "gLN", quantize=quantize,
+                      n_splitter=2 if quantize else 1, n_combiner=2 if quantize else 1)
+    model = ConvTasNet(cfg).train()
+    with torch.no_grad():
+        for _ in range(3 if quantize else 1):  # observe activation ranges (and BN statistics)
+            enhance(model, (torch.rand(1, 16000) - 0.5) * 0.5)
+    checkpoint.save(path, model)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="artifacts/fullsize")
+    p.add_argument("--norm", nargs="+", default=["BN"])
+    p.add_argument("--seconds", type=float, default=4.0)
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    for norm in a.norm:
+        q = make_model(norm, True, out / f"fqse_{norm}.pt")
+        f = make_model(norm, False, out / f"float_{norm}.pt")
+        r: dict = {}
+        t = time.time()
+        export_onnx(q, out / f"fqse_{norm}_int8.onnx")
+        r["export_onnx_s"] = time.time() - t
+        models = {"onnx_int8": out / f"fqse_{norm}_int8.onnx"}
+        export_onnx(f, out / f"float_{norm}.onnx", float_model=True)
+        models["onnx_float"] = out / f"float_{norm}.onnx"
+        if norm == "BN":
+            t = time.time()
+            rep = convert_tflite(q, out / f"fqse_{norm}_int8.tflite")
+            r["convert_tflite_int8_s"] = time.time() - t
+            r["tflite_checks"] = {k: rep[k] for k in ("fully_integer", "qat_scales_kept")} | {
+                "tflite_vs_fakequant_db": rep["tflite"]["snr_db"]}
+            models["tflite_int8"] = out / f"fqse_{norm}_int8.tflite"
+        t = time.time()
+        convert_tflite(f, out / f"float_{norm}.tflite", float_model=True) if norm == "BN" else None
+        if norm == "BN":
+            r["convert_tflite_float_s"] = time.time() - t
+            models["tflite_float"] = out / f"float_{norm}.tflite"
+        for name, path in models.items():
+            m = measure_isolated(str(path), 1, a.seconds, False, 16.0)
+            r[name] = {"s_per_s_audio": m["s_per_s_audio"], "size_mb": m["size_bytes"] / 2 ** 20,
+                       "peak_rss_mb": m["peak_rss_mb"]}
+            print(f"{norm} {name:<12} {m['s_per_s_audio']:.4f} s per s of audio, {m['size_bytes'] / 2**20:.1f} MB")
+        results[norm] = r
+    (out / "fullsize.json").write_text(json.dumps(results, indent=1, default=float))
+    print(json.dumps(results, indent=1, default=float))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""`fqse demo`: the whole pipeline on the committed demo checkpoints and the shipped samples.
+
+export int8 ONNX -> convert fully-integer TFLite (+ float TFLite for speed) -> enhance the shipped
+noisy samples with the streaming runtime -> parity -> summary.json, wavs, a PNG and a table.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_FQSE = ROOT / "training" / "pretrained" / "demo_fqse_tiny.pt"
+DEMO_FLOAT = ROOT / "training" / "pretrained" / "demo_float_tiny.pt"
+SAMPLES = ROOT / "samples"
+
+
+def _plot(noisy: np.ndarray, enhanced: np.ndarray, clean: np.ndarray, sr: int, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from runtime.files import atomic_write
+    fig, axes = plt.subplots(3, 2, figsize=(11, 7), sharex="col")
+    t = np.arange(len(noisy)) / sr
+    for row, (name, x) in enumerate((("noisy", noisy), ("enhanced (TFLite int8, streamed)", enhanced), ("clean", clean))):
+        axes[row, 0].plot(t, x, lw=0.4)
+        axes[row, 0].set_ylabel(name, fontsize=8)
+        axes[row, 0].set_ylim(-1, 1)
+        axes[row, 1].specgram(x + 1e-9, NFFT=512, Fs=sr, noverlap=384, cmap="magma", vmin=-140)
+    axes[2, 0].set_xlabel("time (s)")
+    axes[2, 1].set_xlabel("time (s)")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+
+
+def run_demo(out: str | Path = "artifacts/demo") -> dict:
+    import torch
+    from conversion.onnx_export import export_onnx
+    from conversion.parity import compare, torch_outputs
+    from conversion.tflite_export import convert_tflite
+    from runtime import pipeline
+    from runtime.audio import read_audio, to_int16
+    from runtime.bench import measure
+    from runtime.enhancer import Enhancer
+    from runtime.metrics import si_snr
+    from training.checkpoint import load_model
+    from training.model import enhance
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    print(f"[1/5] export int8 ONNX (QDQ) from {DEMO_FQSE.relative_to(ROOT)}")
+    onnx_path = export_onnx(DEMO_FQSE, out / "demo_fqse_int8.onnx")
+    print("[2/5] convert to fully-integer TFLite (checked stage by stage) and float TFLite")
+    rep = convert_tflite(DEMO_FQSE, out / "demo_fqse_int8.tflite")
+    convert_tflite(DEMO_FLOAT, out / "demo_float.tflite", float_model=True)
+    print("[3/5] enhance the shipped samples with the streaming runtime (TFLite int8, 16 ms hops)")
+    fq, fl = load_model(DEMO_FQSE), load_model(DEMO_FLOAT)
+    enh_tfl = Enhancer.from_file(rep["path"])
+    enh_onnx = Enhancer.from_file(onnx_path)
+    pairs = [(p, p.with_name(p.name.replace("_noisy", "_clean"))) for p in sorted(SAMPLES.glob("*_noisy.wav"))]
+    scores: dict[str, list[float]] = {k: [] for k in ("noisy", "float", "fakequant", "onnx_int8", "tflite_int8")}
+    parity: dict[str, list[float]] = {"onnx": [], "tflite": []}
+    first = None
+    for noisy_p, clean_p in pairs:
+        noisy, sr = read_audio(noisy_p, fq.cfg.sample_rate, strict_rate=True)
+        clean, _ = read_audio(clean_p, sr, strict_rate=True)
+        pcm = to_int16(noisy)
+        x = torch.from_numpy(pcm.astype(np.float32) / 32768)[None]
+        with torch.no_grad():
+            y_float = enhance(fl, x)[0].numpy()
+            y_fq = enhance(fq, x)[0].numpy()
+        y_tfl = enh_tfl.enhance_file(noisy_p, out / noisy_p.name.replace("_noisy", "_enhanced"), stream=True,
+                                     progress=False) / 32768.0
+        y_onnx = enh_onnx.enhance(pcm) / 32768.0
+        for k, y in (("noisy", noisy), ("float", y_float), ("fakequant", y_fq), ("onnx_int8", y_onnx),
+                     ("tflite_int8", y_tfl)):
+            scores[k].append(si_snr(y, clean))
+        for k, enh in (("onnx", enh_onnx), ("tflite", enh_tfl)):
+            xin = pipeline.pre(pcm, enh.meta)
+            parity[k].append(compare(torch_outputs(fq, xin), enh.be.run(xin), enh.meta)["snr_db"])
+        if first is None:
+            first = (noisy, y_tfl, clean, sr)
+    print("[4/5] speed (1 thread, offline, 4 s of audio)")
+    rtf = {k: measure(str(p), 1, 4.0, False, 16.0)["s_per_s_audio"] for k, p in
+           (("tflite_int8", rep["path"]), ("tflite_float", out / "demo_float.tflite"), ("onnx_int8", onnx_path))}
+    print("[5/5] plot and summary")
+    _plot(*first, out / "demo.png")
+    summary = {f"si_snr_{k}": float(np.mean(v)) for k, v in scores.items()}
+    summary.update(parity_onnx_db=float(np.min(parity["onnx"])), parity_tflite_db=float(np.min(parity["tflite"])),
+                   tflite_fully_integer=bool(rep.get("fully_integer")), qat_scales_kept=bool(rep.get("qat_scales_kept")),
+                   tflite_path=str(rep["path"]), onnx_path=str(onnx_path),
+                   rtf_tflite_int8=rtf["tflite_int8"], rtf_tflite_float=rtf["tflite_float"], rtf_onnx_int8=rtf["onnx_int8"],
+                   n_samples=len(pairs), seconds=round(time.time() - t0, 1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print()
+    print(f"{'model':<26} {'SI-SNR vs clean (dB)':>21} {'parity vs fake-quant (dB)':>27}")
+    print(f"{'noisy input':<26} {summary['si_snr_noisy']:>21.2f} {'':>27}")
+    print(f"{'float (torch)':<26} {summary['si_snr_float']:>21.2f} {'':>27}")
+    print(f"{'FQSE fake-quant (torch)':<26} {summary['si_snr_fakequant']:>21.2f} {'reference':>27}")
+    print(f"{'FQSE ONNX int8':<26} {summary['si_snr_onnx_int8']:>21.2f} {summary['parity_onnx_db']:>27.1f}")
+    print(f"{'FQSE TFLite int8 (stream)':<26} {summary['si_snr_tflite_int8']:>21.2f} {summary['parity_tflite_db']:>27.1f}")
+    print(f"TFLite fully integer: {summary['tflite_fully_integer']}, QAT scales kept: {summary['qat_scales_kept']}")
+    print(f"seconds per second of audio (1 thread): TFLite int8 {rtf['tflite_int8']:.4f}, "
+          f"TFLite float {rtf['tflite_float']:.4f}, ONNX int8 {rtf['onnx_int8']:.4f}")
+    print(f"wrote {out}/summary.json, demo.png, {len(pairs)} enhanced wavs ({summary['seconds']} s)")
+    return summary

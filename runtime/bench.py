@@ -1,0 +1,86 @@
+"""`fqse bench`: speed, size and peak memory of deployed models (each measured in its own process).
+
+Offline: seconds of compute per second of audio (median of repeats). Streaming (--stream): per-hop
+compute time (median, p99) against the hop duration, real-time factor, peak RSS.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.files import atomic_write
+
+
+def _signal(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
+    """Speech-like test signal: noise bursts shaped at syllable rate (content does not change speed)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    env = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * np.arange(n) / sr)
+    return (0.1 * rng.standard_normal(n) * env).clip(-1, 1).astype(np.float32)
+
+
+def measure(model: str, threads: int, seconds: float, stream: bool, hop_ms: float, repeats: int = 3) -> dict[str, Any]:
+    """Measure in this process (call through `measure_isolated` for a clean peak RSS)."""
+    from runtime.audio import to_int16
+    from runtime.enhancer import Enhancer
+    enh = Enhancer.from_file(model, threads, hop_ms=hop_ms)
+    pcm = to_int16(_signal(seconds, enh.sr))
+    res: dict[str, Any] = {"model": model, "threads": threads, "audio_s": seconds,
+                           "size_bytes": Path(model).stat().st_size, "quantized": bool(enh.meta.get("quantized")),
+                           "norm_type": enh.meta.get("norm_type"), "causal": enh.causal}
+    if not stream:
+        enh.enhance(pcm[: enh.sr])  # warm-up
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            enh.enhance(pcm)
+            times.append(time.perf_counter() - t)
+        res["s_per_s_audio"] = float(np.median(times)) / seconds
+    else:
+        per_hop = []
+        for i in range(0, len(pcm), enh.chunk):
+            t = time.perf_counter()
+            enh.process(pcm[i: i + enh.chunk])
+            per_hop.append(time.perf_counter() - t)
+        enh.flush()
+        hop_s = enh.chunk / enh.sr
+        res.update(hop_ms=1000 * hop_s, hop_median_ms=1000 * float(np.median(per_hop)),
+                   hop_p99_ms=1000 * float(np.percentile(per_hop, 99)), rtf=float(np.sum(per_hop)) / seconds,
+                   latency_ms=1000 * enh.latency_samples / enh.sr)
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return res
+
+
+def measure_isolated(model: str, threads: int, seconds: float, stream: bool, hop_ms: float) -> dict[str, Any]:
+    code = ("import json,sys; from runtime.bench import measure; "
+            f"print(json.dumps(measure({model!r}, {threads}, {seconds}, {stream}, {hop_ms})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench of {model} failed: {out.stderr.strip().splitlines()[-1]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_cli(models: list[str], threads: list[int], seconds: float, stream: bool, hop_ms: float,
+              json_out: str | None) -> list[dict[str, Any]]:
+    rows = [measure_isolated(m, t, seconds, stream, hop_ms) for m in models for t in threads]
+    if stream:
+        print(f"{'model':<40} {'thr':>3} {'hop ms':>7} {'median ms':>10} {'p99 ms':>8} {'RTF':>7} {'peak MB':>8}")
+        for r in rows:
+            print(f"{Path(r['model']).name:<40} {r['threads']:>3} {r['hop_ms']:>7.1f} {r['hop_median_ms']:>10.3f} "
+                  f"{r['hop_p99_ms']:>8.3f} {r['rtf']:>7.3f} {r['peak_rss_mb']:>8.1f}")
+    else:
+        print(f"{'model':<40} {'thr':>3} {'s per s audio':>14} {'size KB':>9} {'peak MB':>8}")
+        for r in rows:
+            print(f"{Path(r['model']).name:<40} {r['threads']:>3} {r['s_per_s_audio']:>14.4f} "
+                  f"{r['size_bytes'] / 1024:>9.1f} {r['peak_rss_mb']:>8.1f}")
+    if json_out:
+        atomic_write(json_out, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
+    return rows

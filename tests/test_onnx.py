@@ -1,0 +1,91 @@
+"""int8 QDQ ONNX: structure, int8 kernels in onnxruntime, parity with the fake-quant model."""
+from __future__ import annotations
+
+import collections
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from conversion.graph import ExportError
+from conversion.onnx_export import export_onnx
+from conversion.parity import compare, torch_outputs
+from runtime import pipeline
+from runtime.audio import read_audio, to_int16
+from runtime.backends import OnnxBackend
+from tests.conftest import ROOT, noisy_clean_pairs, run_fqse
+from training.checkpoint import load_model
+
+
+def test_structure(demo_onnx):
+    m = onnx.load(demo_onnx)
+    onnx.checker.check_model(m, full_check=True)
+    inits = {i.name: i for i in m.graph.initializer}
+    conv_weights = [n.input[1] for n in m.graph.node if n.op_type == "Conv"]
+    dq_inputs = {n.output[0]: n.input[0] for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    assert conv_weights
+    for w in conv_weights:  # every weight: an int8 initializer behind a DequantizeLinear
+        assert inits[dq_inputs[w]].data_type == onnx.TensorProto.INT8
+    assert not [i for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) > 1]
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT8
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.INT8 for o in m.graph.output)
+    meta = json.loads({p.key: p.value for p in m.metadata_props}["fqse"])
+    assert meta["n_splitter"] == 2 and meta["n_combiner"] == 2 and meta["sample_rate"] == 16000
+
+
+def test_activation_scales_are_the_qat_ones(demo_onnx, demo_ckpt):
+    from conversion.graph import build_graph
+    g = build_graph(load_model(demo_ckpt))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(demo_onnx).graph.initializer}
+    for op in g.ops:
+        if op.qp is not None:
+            assert inits[op.output + "_scale"] == np.float32(op.qp[0])
+            assert int(inits[op.output + "_zp"]) == op.qp[1]
+
+
+def test_onnxruntime_runs_int8_kernels(demo_onnx, tmp_path):
+    OnnxBackend(demo_onnx, optimized_path=tmp_path / "opt.onnx")
+    ops = collections.Counter(n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node)
+    assert ops["QLinearConv"] >= 20 and ops["Conv"] == 0
+    assert ops["QLinearAdd"] > 0 and ops["QLinearLeakyRelu"] > 0
+
+
+def test_parity_with_fake_quant(demo_onnx, demo_ckpt):
+    model = load_model(demo_ckpt)
+    be = OnnxBackend(demo_onnx)
+    for noisy, _ in noisy_clean_pairs():
+        pcm = to_int16(read_audio(noisy, 16000)[0])
+        x = pipeline.pre(pcm, be.meta)
+        r = compare(torch_outputs(model, x), be.run(x), be.meta)
+        assert r["snr_db"] >= 50.0
+        assert min(r["within_1lsb"]) >= 0.999
+
+
+def test_dynamic_length(demo_onnx, demo_ckpt):
+    model = load_model(demo_ckpt)
+    be = OnnxBackend(demo_onnx)
+    rng = np.random.default_rng(0)
+    for n in (160, 1000, 16000, 23456):
+        pcm = (rng.standard_normal(n) * 3000).astype(np.int16)
+        x = pipeline.pre(pcm, be.meta)
+        y = be.run(x)
+        assert y.shape == (2, x.shape[1])
+        assert compare(torch_outputs(model, x), y, be.meta)["snr_db"] >= 50.0
+
+
+def test_float_checkpoint_int8_export_is_clear_error(tmp_path):
+    with pytest.raises(ExportError, match="float model"):
+        export_onnx(ROOT / "training" / "pretrained" / "demo_float_tiny.pt", tmp_path / "x.onnx")
+    res = run_fqse("export", "--checkpoint", "training/pretrained/demo_float_tiny.pt", "-o", str(tmp_path / "x.onnx"))
+    assert res.returncode == 2 and "float model" in res.stderr and not (tmp_path / "x.onnx").exists()
+
+
+def test_parity_cli_json(demo_onnx, demo_ckpt, tmp_path):
+    noisy, clean = noisy_clean_pairs()[0]
+    res = run_fqse("parity", "--checkpoint", str(demo_ckpt), "--onnx", str(demo_onnx), "--audio", str(noisy),
+                   "--clean", str(clean), "--json", str(tmp_path / "p.json"))
+    assert res.returncode == 0, res.stderr
+    out = json.loads((tmp_path / "p.json").read_text())
+    assert out["models"]["onnx"]["snr_db"] >= 50
+    assert out["si_snr_vs_clean"]["onnx"] > out["si_snr_vs_clean"]["noisy"] + 3

@@ -1,0 +1,121 @@
+"""The torch-free runtime: imports, streaming equals offline, clear errors with no partial output."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from runtime.audio import AudioError
+from runtime.backends import ModelError, load_backend
+from runtime.enhancer import Enhancer
+from runtime.metrics import si_snr
+from tests.conftest import ROOT, noisy_clean_pairs, run_fqse
+
+
+def test_runtime_imports_neither_torch_nor_tensorflow(demo_onnx, demo_tflite):
+    code = ("import sys, runtime.enhancer, runtime.bench, runtime.backends;"
+            f"runtime.enhancer.Enhancer.from_file({str(demo_onnx)!r});"
+            f"runtime.enhancer.Enhancer.from_file({str(demo_tflite[0])!r});"
+            "bad = [m for m in ('torch', 'tensorflow', 'training', 'conversion') if m in sys.modules];"
+            "print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("kind", ["onnx", "tflite"])
+@pytest.mark.parametrize("chunk", [256, 77])
+def test_streaming_equals_offline_bit_for_bit(kind, chunk, demo_onnx, demo_tflite):
+    path = demo_onnx if kind == "onnx" else demo_tflite[0]
+    enh = Enhancer.from_file(path)
+    assert enh.causal
+    noisy, _ = noisy_clean_pairs()[1]
+    pcm, _ = sf.read(noisy, dtype="int16")
+    offline = enh.enhance(pcm)
+    parts = [enh.process(pcm[i: i + chunk]) for i in range(0, len(pcm), chunk)]
+    parts.append(enh.flush())
+    streamed = np.concatenate(parts)
+    assert np.array_equal(streamed, offline)
+
+
+def test_block_mode_close_to_offline(demo_tflite):
+    enh = Enhancer.from_file(demo_tflite[0], block_ms=500)
+    enh.causal = False  # force the non-causal path (overlap-add of 0.5 s blocks)
+    noisy, clean = noisy_clean_pairs()[0]
+    pcm, _ = sf.read(noisy, dtype="int16")
+    ref, _ = sf.read(clean, dtype="float32")
+    parts = [enh.process(pcm[i: i + 256]) for i in range(0, len(pcm), 256)] + [enh.flush()]
+    y = np.concatenate(parts)
+    assert len(y) == len(pcm)
+    assert si_snr(y / 32768, ref) > si_snr(enh.enhance(pcm) / 32768, ref) - 1.0
+
+
+def test_enhance_improves_si_snr(demo_tflite):
+    enh = Enhancer.from_file(demo_tflite[0])
+    gains = []
+    for noisy, clean in noisy_clean_pairs():
+        x, _ = sf.read(noisy, dtype="int16")
+        ref, _ = sf.read(clean, dtype="float32")
+        gains.append(si_snr(enh.enhance(x) / 32768, ref) - si_snr(x / 32768, ref))
+    assert np.mean(gains) > 5.0
+
+
+def test_cli_resamples_and_downmixes(tmp_path, demo_tflite):
+    noisy, _ = noisy_clean_pairs()[0]
+    x, sr = sf.read(noisy, dtype="float32")
+    src = tmp_path / "stereo44.wav"
+    from runtime.audio import resample
+    y = resample(x, sr, 44100)
+    sf.write(src, np.stack([y, y], axis=1), 44100)
+    res = run_fqse("enhance", str(src), "-o", str(tmp_path / "out.wav"), "--model", str(demo_tflite[0]), "--stream")
+    assert res.returncode == 0, res.stderr
+    assert "downmixed" in res.stdout and "resampled 44100 Hz -> 16000 Hz" in res.stdout
+    out, osr = sf.read(tmp_path / "out.wav")
+    assert osr == 16000 and abs(len(out) - len(x)) <= 1
+
+
+@pytest.mark.parametrize("content,match", [(b"", "empty file"), (b"RIFF\x00\x00not a wav at all", "not a readable audio"),
+                                           (None, "NaN")])
+def test_bad_audio_is_one_line_error_and_no_output(tmp_path, demo_onnx, content, match):
+    src = tmp_path / "in.wav"
+    if content is None:
+        sf.write(src, np.array([0.1, np.nan, 0.2] * 100, dtype=np.float32), 16000, subtype="FLOAT")
+    else:
+        src.write_bytes(content)
+    out = tmp_path / "out.wav"
+    res = run_fqse("enhance", str(src), "-o", str(out), "--model", str(demo_onnx))
+    assert res.returncode == 2
+    assert match in res.stderr and res.stderr.strip().count("\n") == 0
+    assert not out.exists() and not list(tmp_path.glob(".out.wav*"))
+
+
+def test_truncated_audio_is_clear_error(tmp_path):
+    noisy, _ = noisy_clean_pairs()[0]
+    data = noisy.read_bytes()
+    src = tmp_path / "t.wav"
+    src.write_bytes(data[:30])
+    with pytest.raises(AudioError):
+        from runtime.audio import read_audio
+        read_audio(src)
+
+
+@pytest.mark.parametrize("name,content,match", [("m.onnx", b"garbage", "not a loadable ONNX"),
+                                                ("m.tflite", b"garbagegarbage", "not a TFLite"),
+                                                ("m.bin", b"x", "unknown model type"), ("e.onnx", b"", "empty model")])
+def test_bad_model_file_is_clear_error(tmp_path, name, content, match):
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(ModelError, match=match):
+        load_backend(p)
+
+
+def test_stdio_streaming(demo_tflite):
+    noisy, _ = noisy_clean_pairs()[0]
+    pcm, _ = sf.read(noisy, dtype="int16")
+    res = subprocess.run([sys.executable, "-m", "fqse", "stream", "--model", str(demo_tflite[0])], cwd=ROOT,
+                         input=pcm.tobytes(), capture_output=True)
+    assert res.returncode == 0
+    out = np.frombuffer(res.stdout, np.int16)
+    assert np.array_equal(out, Enhancer.from_file(demo_tflite[0]).enhance(pcm))

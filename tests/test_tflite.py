@@ -1,0 +1,64 @@
+"""Fully-integer TFLite: int8 everywhere, QAT scales kept, parity with the fake-quant model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conversion.checks import fully_integer, scale_mismatches
+from conversion.graph import build_graph
+from conversion.parity import compare, torch_outputs
+from conversion.tflite_export import ConversionError, convert_tflite, tensor_report
+from runtime import pipeline
+from runtime.audio import read_audio, to_int16
+from runtime.backends import TfliteBackend
+from tests.conftest import ROOT, noisy_clean_pairs
+from training.checkpoint import load_model
+
+
+def test_fully_integer_with_int8_io(demo_tflite):
+    path, report = demo_tflite
+    rep = tensor_report(path.read_bytes())
+    assert fully_integer(rep) == []
+    be = TfliteBackend(path)
+    assert be.inp["dtype"] == np.int8 and all(o["dtype"] == np.int8 for o in be.outs)
+    assert be.inp["quantization"] == (1 / 128, 0)
+    assert "QUANTIZE" not in rep["ops"] and "DEQUANTIZE" not in rep["ops"]
+    assert report["fully_integer"] and report["qat_scales_kept"]
+
+
+def test_qat_scales_kept_tensor_by_tensor(demo_tflite, demo_ckpt):
+    path, _ = demo_tflite
+    g = build_graph(load_model(demo_ckpt))
+    assert scale_mismatches(g, tensor_report(path.read_bytes())) == []
+    # and a changed scale is caught
+    g.ops[3].qp = (g.ops[3].qp[0] * 1.01, g.ops[3].qp[1])
+    assert scale_mismatches(g, tensor_report(path.read_bytes()))
+
+
+def test_parity_with_fake_quant(demo_tflite, demo_ckpt):
+    path, _ = demo_tflite
+    model = load_model(demo_ckpt)
+    be = TfliteBackend(path)
+    for noisy, _ in noisy_clean_pairs():
+        pcm = to_int16(read_audio(noisy, 16000)[0])
+        x = pipeline.pre(pcm, be.meta)
+        assert compare(torch_outputs(model, x), be.run(x), be.meta)["snr_db"] >= 35.0
+
+
+def test_gln_model_refuses_integer_tflite(tmp_path):
+    import torch
+    from training import checkpoint
+    from training.model import ConvTasNet, ModelConfig, enhance
+    m = ConvTasNet(ModelConfig(n_filters=16, kernel_size=16, bn_chan=8, hid_chan=16, skip_chan=8, n_blocks=1,
+                               n_repeats=1, norm_type="gLN", quantize=True))
+    m.train()
+    enhance(m, torch.rand(1, 2000) - 0.5)
+    checkpoint.save(tmp_path / "g.pt", m)
+    with pytest.raises(ConversionError, match="gLN/cLN"):
+        convert_tflite(tmp_path / "g.pt", tmp_path / "g.tflite")
+    assert not (tmp_path / "g.tflite").exists()
+
+
+def test_float_tflite_matches_float_model(tmp_path):
+    report = convert_tflite(ROOT / "training" / "pretrained" / "demo_float_tiny.pt", tmp_path / "f.tflite", float_model=True)
+    assert report["tflite"]["snr_db"] >= 60 and report["tf_graph"]["snr_db"] >= 60
