@@ -23,6 +23,7 @@ class Op:
     output: str
     qp: tuple[float, int] | None  # output (scale, int8 zero point); None in a float graph
     attrs: dict[str, Any] = field(default_factory=dict)
+    quantizer: Any = None  # the torch module that quantizes the output (for per-layer parity)
 
 
 @dataclass
@@ -74,7 +75,7 @@ def build_graph(model: ConvTasNet, quantized: bool = True) -> Graph:
     qp = (lambda q: _qp(q)) if quantized else (lambda q: None)
 
     def add_conv(op, q):
-        op.qp = qp(q)
+        op.qp, op.quantizer = qp(q), q
         ops.append(op)
         return op.output
 
@@ -82,11 +83,11 @@ def build_graph(model: ConvTasNet, quantized: bool = True) -> Graph:
         return add_conv(_conv(x, out, qc.conv.weight, qc.wq, quantized, qc.conv, qc.pad), q)
 
     def unary(kind, x, out, q, **attrs):
-        ops.append(Op(kind, [x], out, qp(q), attrs))
+        ops.append(Op(kind, [x], out, qp(q), attrs, q))
         return out
 
     def binary(kind, a, b, out, q):
-        ops.append(Op(kind, [a, b], out, qp(q)))
+        ops.append(Op(kind, [a, b], out, qp(q), quantizer=q))
         return out
 
     def norm(mod, x, out, q):
@@ -156,4 +157,4 @@ def metadata(model: ConvTasNet, quantized: bool) -> dict[str, Any]:
             "splitter_bits": qmath.IO_BITS, "combiner_bits": qmath.IO_BITS, "io_scale": qmath.IO_SCALE,
             "kernel_size": cfg.kernel_size, "stride": cfg.stride, "causal": cfg.causal, "norm_type": cfg.norm_type,
             "receptive_field_frames": rf, "io_layout": "NCW: input [1, S, T], outputs C x [1, 1, T]",
-            "host_padding": "one hop of zeros before and after; T a multiple of the hop"}
+            "host_padding": "one hop of zeros before; after: zeros up to a multiple of the hop plus two hops"}

@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from conversion.graph import Graph, Op, build_graph
+from conversion.step_graph import build_step_graph
 from runtime import qmath
 from runtime.files import atomic_write
 from training.checkpoint import load_model
@@ -88,6 +89,23 @@ def _emit(b: _Builder, op: Op, quantized: bool) -> None:
         n = b.node("Div", [d, std], raw + "_n")
         g = b.node("Mul", [n, b.const(raw + "_g", a["gamma"].reshape(1, -1, 1).astype(np.float32))], raw + "_ng")
         b.node("Add", [g, b.const(raw + "_b", a["beta"].reshape(1, -1, 1).astype(np.float32))], raw)
+    elif op.kind == "concat_t":
+        b.node("Concat", op.inputs, raw, axis=2)
+    elif op.kind == "slice":
+        i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+        big = np.iinfo(np.int64).max
+        (c0, c1), (t0, t1) = a.get("ch", (0, None)), a.get("t", (0, None))
+        b.node("Slice", [x, b.const(raw + "_st", i64(c0, t0)), b.const(raw + "_en", i64(big if c1 is None else c1, big if t1 is None else t1)),
+                         b.const(raw + "_axes", i64(1, 2))], raw)
+    elif op.kind == "ola_step":
+        s = a["stride"]
+        i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+        first = b.node("Slice", [x, b.const(raw + "_s0", i64(0)), b.const(raw + "_e0", i64(s)), b.const(raw + "_ax", i64(1))], raw + "_first")
+        second = b.node("Slice", [x, b.const(raw + "_s1", i64(s)), b.const(raw + "_e1", i64(2 * s)), raw + "_ax"], raw + "_second")
+        cat = b.node("Concat", [op.inputs[1], second], raw + "_cat", axis=2)
+        shifted = b.node("Slice", [cat, b.const(raw + "_s2", i64(0)), b.const(raw + "_e2", i64(-1)), b.const(raw + "_ax2", i64(2))], raw + "_shift")
+        t = b.node("Transpose", [b.node("Add", [first, shifted], raw + "_sum")], raw + "_t", perm=[0, 2, 1])
+        b.node("Reshape", [t, b.const(raw + "_shape", i64(1, 1, -1))], raw)
     elif op.kind == "ola":
         s = a["stride"]
         i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
@@ -101,20 +119,30 @@ def _emit(b: _Builder, op: Op, quantized: bool) -> None:
         raise ValueError(f"unknown op {op.kind}")
 
 
-def graph_to_onnx(g: Graph) -> onnx.ModelProto:
-    """Emit an ONNX model (QDQ when g.quantized) from the deploy graph."""
+def graph_to_onnx(g: Graph, states: list | None = None) -> onnx.ModelProto:
+    """Emit an ONNX model (QDQ when g.quantized) from the deploy graph (a step graph with its states)."""
     b = _Builder()
+    states = states or []
     S, C = g.meta["n_splitter"], g.meta["n_combiner"]
     if g.quantized:
-        inp = helper.make_tensor_value_info("codes", TensorProto.INT8, [1, S, "T"])
+        inp = helper.make_tensor_value_info("codes", TensorProto.INT8, [1, S, g.meta.get("step_samples", "T")])
         b.qps["codes"] = (qmath.IO_SCALE, 0)
         s = b.const("io_scale", np.float32(qmath.IO_SCALE))
         z = b.const("io_zp", np.int8(0))
         b.node("DequantizeLinear", ["codes", s, z], g.input)
         b.qps[g.input] = (qmath.IO_SCALE, 0)
     else:
-        inp = helper.make_tensor_value_info(g.input, TensorProto.FLOAT, [1, S, "T"])
+        inp = helper.make_tensor_value_info(g.input, TensorProto.FLOAT, [1, S, g.meta.get("step_samples", "T")])
+    etype = TensorProto.INT8 if g.quantized else TensorProto.FLOAT
+    state_inputs = []
+    for st in states:
+        state_inputs.append(helper.make_tensor_value_info(st.name + ("_q" if g.quantized else ""), etype, [1, st.channels, st.length]))
+        if g.quantized:
+            sc, zp = b.const(st.name + "_scale", np.float32(st.qp[0])), b.const(st.name + "_zp", np.int8(st.qp[1]))
+            b.node("DequantizeLinear", [st.name + "_q", sc, zp], st.name)
+            b.qps[st.name] = st.qp
     out_names = {name: f"out{i}" for i, name in enumerate(g.outputs)}
+    out_names.update({st.next: st.name + "_next" for st in states})
     for op in g.ops:
         _emit(b, op, g.quantized)
         if op.output in out_names and not g.quantized:
@@ -122,9 +150,10 @@ def graph_to_onnx(g: Graph) -> onnx.ModelProto:
             b.node("Identity", [op.output + "_f"], op.output)
         else:
             b.qdq(op.output + "_f", op.output, op.qp, out_names.get(op.output))
-    etype = TensorProto.INT8 if g.quantized else TensorProto.FLOAT
-    outs = [helper.make_tensor_value_info(f"out{i}", etype, [1, 1, "T"]) for i in range(C)]
-    graph = helper.make_graph(b.nodes, "fqse_convtasnet", [inp], outs, initializer=b.inits)
+    T = g.meta.get("step_samples", "T")
+    outs = [helper.make_tensor_value_info(f"out{i}", etype, [1, 1, T]) for i in range(C)]
+    outs += [helper.make_tensor_value_info(st.name + "_next", etype, [1, st.channels, st.length]) for st in states]
+    graph = helper.make_graph(b.nodes, "fqse_convtasnet", [inp, *state_inputs], outs, initializer=b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fqse")
     model.ir_version = 8
     helper.set_model_props(model, {"fqse": json.dumps(g.meta)})
@@ -132,11 +161,15 @@ def graph_to_onnx(g: Graph) -> onnx.ModelProto:
     return model
 
 
-def export_onnx(checkpoint: str | Path, output: str | Path, float_model: bool = False, yaml: str | None = None) -> Path:
-    """Checkpoint -> .onnx (written atomically)."""
+def export_onnx(checkpoint: str | Path, output: str | Path, float_model: bool = False, yaml: str | None = None,
+                step_frames: int | None = None) -> Path:
+    """Checkpoint -> .onnx (written atomically); with step_frames, the streaming step model."""
     cfg = model_config(load_config(yaml)) if yaml else None
     model = load_model(checkpoint, cfg)
     g = build_graph(model, quantized=not float_model)
-    proto = graph_to_onnx(g)
+    states = None
+    if step_frames:
+        g, states = build_step_graph(g, step_frames)
+    proto = graph_to_onnx(g, states)
     atomic_write(output, lambda tmp: onnx.save(proto, tmp))
     return Path(output)

@@ -9,12 +9,14 @@ model's scales against the QAT ones (tensor by tensor) and its outputs against t
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from conversion.graph import Graph, Op, build_graph
+from conversion.step_graph import build_step_graph
 from runtime import qmath
 from runtime.files import atomic_write
 from training.checkpoint import load_model
@@ -24,6 +26,9 @@ from training.config import load_config, model_config
 # Traced length (samples); the dilated convs only lower to native dilated int8 kernels with a static
 # shape. The model is resized to any other length (a multiple of the hop) at run time.
 TRACE_LEN = 4096
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up noise (CUDA probes, oneDNN)
 
 
 class ConversionError(RuntimeError):
@@ -81,6 +86,15 @@ def _emit(tf, op: Op, env: dict, quantized: bool):
     if op.kind in ("add", "sub", "mul"):
         b = env[op.inputs[1]]
         return {"add": tf.add, "sub": tf.subtract, "mul": tf.multiply}[op.kind](x, b)
+    if op.kind == "concat_t":
+        return tf.concat([x, env[op.inputs[1]]], axis=2)
+    if op.kind == "slice":
+        (c0, c1), (t0, t1) = a.get("ch", (0, None)), a.get("t", (0, None))
+        return x[:, :, t0:t1, c0:c1]
+    if op.kind == "ola_step":
+        s = a["stride"]
+        shifted = tf.concat([env[op.inputs[1]], x[:, :, :, s:]], axis=2)[:, :, :-1, :]
+        return tf.reshape(x[:, :, :, :s] + shifted, [1, 1, -1, 1])
     if op.kind == "ola":
         s = a["stride"]
         first = tf.pad(x[:, :, :, :s], [[0, 0], [0, 0], [0, 1], [0, 0]])
@@ -92,25 +106,35 @@ def _emit(tf, op: Op, env: dict, quantized: bool):
     raise ConversionError(f"unknown op {op.kind}")
 
 
-def tf_function(g: Graph, length: int | None = TRACE_LEN):
-    """A tf.function [1, 1, T, S] -> C x [1, 1, T, 1] for the deploy graph (T = length, None: any)."""
-    import tensorflow as tf
-    S = g.meta["n_splitter"]
-    io_qp = (qmath.IO_SCALE, 0) if g.quantized else None
+def tf_function(g: Graph, length: int | None = TRACE_LEN, states: list | None = None):
+    """A tf.function [1, 1, T, S] (+ states [1, 1, n, C]) -> C x [1, 1, T, 1] (+ new states), NHWC.
 
-    @tf.function(input_signature=[tf.TensorSpec([1, 1, length, S], tf.float32)])
-    def fn(x):
+    T = length (None: any); a step graph has its own fixed T. Outputs are keyed o000, o001, ... so
+    that their order in the TFLite model is: the C outputs, then the new states in `states` order."""
+    import tensorflow as tf
+    states = states or []
+    S = g.meta["n_splitter"]
+    T = g.meta.get("step_samples", length)
+    io_qp = (qmath.IO_SCALE, 0) if g.quantized else None
+    sig = [tf.TensorSpec([1, 1, T, S], tf.float32, name="codes")]
+    sig += [tf.TensorSpec([1, 1, st.length, st.channels], tf.float32, name=st.name) for st in states]
+
+    @tf.function(input_signature=sig)
+    def fn(x, *state_values):
         env = {g.input: _fq(tf, x, io_qp)}
+        for st, v in zip(states, state_values):
+            env[st.name] = _fq(tf, v, st.qp if g.quantized else None)
         for op in g.ops:
             env[op.output] = _fq(tf, _emit(tf, op, env, g.quantized), op.qp, op.output)
-        return {f"out{i}": env[name] for i, name in enumerate(g.outputs)}
+        names = list(g.outputs) + [st.next for st in states]
+        return {f"o{i:03d}": env[n] for i, n in enumerate(names)}
 
     return fn
 
 
-def to_tflite(g: Graph) -> bytes:
+def to_tflite(g: Graph, states: list | None = None) -> bytes:
     import tensorflow as tf
-    fn = tf_function(g)
+    fn = tf_function(g, states=states)
     conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
     if g.quantized:
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -126,9 +150,10 @@ def add_metadata(raw: bytes, meta: dict) -> bytes:
     from ai_edge_litert import schema_py_generated as schema
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(raw, 0))
     sub = model.subgraphs[0]
-    for i in list(sub.inputs) + list(sub.outputs):  # traced at TRACE_LEN; runs at any length
-        t = sub.tensors[i]
-        t.shapeSignature = np.array([-1 if d == TRACE_LEN else int(d) for d in t.shape], dtype=np.int32)
+    if meta.get("mode") != "step":
+        for i in list(sub.inputs) + list(sub.outputs):  # traced at TRACE_LEN; runs at any length
+            t = sub.tensors[i]
+            t.shapeSignature = np.array([-1 if d == TRACE_LEN else int(d) for d in t.shape], dtype=np.int32)
     buf = schema.BufferT()
     buf.data = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     model.buffers.append(buf)
@@ -154,14 +179,21 @@ def tensor_report(raw: bytes) -> dict[str, Any]:
 
 
 def convert_tflite(checkpoint: str | Path, output: str | Path, float_model: bool = False,
-                   yaml: str | None = None, audio: np.ndarray | None = None) -> dict[str, Any]:
-    """Checkpoint -> .tflite, checked stage by stage; returns a report. Writes the file atomically."""
-    from conversion.checks import check_tflite
+                   yaml: str | None = None, audio: np.ndarray | None = None,
+                   step_frames: int | None = None) -> dict[str, Any]:
+    """Checkpoint -> .tflite, checked stage by stage; returns a report. Writes the file atomically.
+    With step_frames: the streaming step model (K frames per call, explicit int8 state)."""
+    from conversion.checks import check_step, check_tflite
     cfg = model_config(load_config(yaml)) if yaml else None
     model = load_model(checkpoint, cfg)
     g = build_graph(model, quantized=not float_model)
-    raw = to_tflite(g)
-    report = check_tflite(model, g, raw, audio)
+    if step_frames:
+        sg, states = build_step_graph(g, step_frames)
+        raw = to_tflite(sg, states)
+        report = check_step(model, g, raw, audio)
+    else:
+        raw = to_tflite(g)
+        report = check_tflite(model, g, raw, audio)
     atomic_write(output, lambda tmp: Path(tmp).write_bytes(raw))
     report["path"] = str(output)
     return report

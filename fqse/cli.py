@@ -27,13 +27,22 @@ def _eval(a: argparse.Namespace) -> None:
 
 def _export(a: argparse.Namespace) -> None:
     from conversion.onnx_export import export_onnx
-    path = export_onnx(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml)
+    path = export_onnx(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml, step_frames=_step_frames(a))
     print(f"wrote {path}")
+
+
+def _step_frames(a: argparse.Namespace) -> int | None:
+    """--step-ms -> encoder frames per step call (the model's hop is read from the checkpoint)."""
+    if not a.step_ms:
+        return None
+    from training.checkpoint import load_model
+    cfg = load_model(a.checkpoint).cfg
+    return max(1, round(a.step_ms * cfg.sample_rate / 1000 / cfg.stride))
 
 
 def _convert(a: argparse.Namespace) -> None:
     from conversion.tflite_export import convert_tflite
-    report = convert_tflite(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml)
+    report = convert_tflite(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml, step_frames=_step_frames(a))
     print(json.dumps(report, indent=1))
 
 
@@ -102,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--checkpoint", required=True)
         s.add_argument("-o", "--output", required=True, help=f"output {ext} file")
         s.add_argument("--float", action="store_true", help="export the float graph (no quantization)")
+        s.add_argument("--step-ms", type=float, help="streaming step model: this much audio per call, "
+                       "explicit state in/out (causal models)")
         s.set_defaults(func=fn)
 
     s = sub.add_parser("parity", help="fake-quant torch vs deployed int8 models")

@@ -24,6 +24,14 @@ class Backend:
         """x: [S, T] int8 codes (or [1, T] float) -> [C, T] int8 (or [1, T] float)."""
         raise NotImplementedError
 
+    def run_step(self, x: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Step models: x [S, K*hop] and states [C_i, n_i] -> outputs [C, K*hop] and new states."""
+        raise NotImplementedError
+
+    def initial_states(self) -> list[np.ndarray]:
+        dtype = np.int8 if self.meta.get("quantized") else np.float32
+        return [np.repeat(np.asarray(st["initial"], dtype)[:, None], st["length"], axis=1) for st in self.meta["states"]]
+
 
 class OnnxBackend(Backend):
     def __init__(self, path: Path, threads: int = 1, optimized_path: str | Path | None = None):
@@ -51,6 +59,12 @@ class OnnxBackend(Backend):
         outs = self.sess.run(self.out_names, {self.in_name: x[None]})
         return np.concatenate([o[0] for o in outs], axis=0)
 
+    def run_step(self, x: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        feed = {self.in_name: x[None], **{i.name: st[None] for i, st in zip(self.sess.get_inputs()[1:], states)}}
+        outs = self.sess.run(self.out_names, feed)
+        C = self.meta["n_combiner"]
+        return np.concatenate([o[0] for o in outs[:C]], axis=0), [o[0] for o in outs[C:]]
+
 
 class TfliteBackend(Backend):
     def __init__(self, path: Path, threads: int = 1):
@@ -64,7 +78,8 @@ class TfliteBackend(Backend):
             try:
                 it = Interpreter(model_content=raw, num_threads=threads, experimental_op_resolver_type=resolver)
                 d = it.get_input_details()[0]
-                it.resize_tensor_input(d["index"], [int(v) if v > 0 else 64 for v in d["shape_signature"]])
+                if self.meta.get("mode") != "step":
+                    it.resize_tensor_input(d["index"], [int(v) if v > 0 else 64 for v in d["shape_signature"]])
                 it.allocate_tensors()
             except Exception as exc:  # noqa: BLE001 - try the next resolver, report the last failure
                 err = exc
@@ -77,6 +92,16 @@ class TfliteBackend(Backend):
         self.inp = self.interp.get_input_details()[0]
         self.outs = self.interp.get_output_details()  # subgraph order: out0, out1, ...
         self._len = None
+
+    def run_step(self, x: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        ins = self.interp.get_input_details()
+        self.interp.set_tensor(ins[0]["index"], np.ascontiguousarray(x.T[None, None]))
+        for d, st in zip(ins[1:], states):  # layout [1, 1, n, C]
+            self.interp.set_tensor(d["index"], np.ascontiguousarray(st.T[None, None]))
+        self.interp.invoke()
+        C = self.meta["n_combiner"]
+        outs = [self.interp.get_tensor(o["index"])[0, 0].T for o in self.outs]
+        return np.concatenate(outs[:C], axis=0), outs[C:]
 
     def run(self, x: np.ndarray) -> np.ndarray:
         xt = np.ascontiguousarray(x.T[None, None])  # NHWC [1, 1, T, S]

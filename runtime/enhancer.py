@@ -4,6 +4,9 @@ Two streaming modes, chosen from the model's metadata:
 - causal models: each call runs the model on the new hops plus enough past input to cover the
   receptive field, and keeps only outputs whose whole receptive field was inside the window, so the
   streamed output equals the offline run bit for bit. Latency: one encoder window (2 hops).
+- step models (`fqse export/convert --step-ms`): one call per block of K hops with explicit int8
+  state carried by the host; also bit-exact with the offline model, and the cost per hop is constant.
+  Latency: the block plus one (two with the residual block) hop.
 - non-causal models (gLN): blocks of `block_ms` with 50 % overlap, triangular weights, overlap-add.
   Latency: one block.
 """
@@ -30,6 +33,9 @@ class Enhancer:
         self.hop = int(self.meta["stride"])  # encoder hop (samples)
         self.chunk = max(self.hop, int(round(hop_ms * self.sr / 1000 / self.hop)) * self.hop)
         self.causal = bool(self.meta["causal"])
+        self.step = self.meta.get("mode") == "step"
+        if self.step:
+            self.chunk = int(self.meta["step_samples"])
         self.block = max(4 * self.hop, int(round(block_ms * self.sr / 1000 / (2 * self.hop))) * 2 * self.hop)
         self.reset()
 
@@ -39,6 +45,8 @@ class Enhancer:
 
     @property
     def latency_samples(self) -> int:
+        if self.step:
+            return self.chunk + int(self.meta["stream_offset_samples"])
         return 2 * self.hop if self.causal else self.block
 
     def reset(self) -> None:
@@ -49,6 +57,8 @@ class Enhancer:
         self._next_block = 0  # block mode: index of the next block to run
         self._acc = np.zeros(0, np.float64)  # block mode: weighted outputs from sample _done on
         self._wsum = np.zeros(0, np.float64)
+        self._states = self.be.initial_states() if self.meta.get("mode") == "step" else []
+        self._to_skip = int(self.meta.get("stream_offset_samples", 0))  # step mode: leading outputs
 
     def _run_offline(self, pcm: np.ndarray) -> np.ndarray:
         """Run the model on pcm as a whole utterance (host pre/post in integers)."""
@@ -75,6 +85,24 @@ class Enhancer:
         out = y[self._done - w0: ready - w0]
         self._drop_before(max(0, (ready - context) // s * s))
         return out
+
+    # --- step model: explicit state --------------------------------------------------------------------
+    def _step_step(self, final: bool) -> np.ndarray:
+        K = self.chunk
+        out = []
+        produced = lambda: self._done + sum(len(o) for o in out)  # noqa: E731
+        while len(self._buf) >= K or (final and produced() < self._seen):
+            block = self._buf[:K]
+            if len(block) < K:
+                block = np.concatenate([block, np.zeros(K - len(block), np.int16)])
+            self._buf, self._buf_start = self._buf[K:], self._buf_start + K
+            y, self._states = self.be.run_step(pipeline.codes(block, self.meta), self._states)
+            pcm = pipeline.combine(y, self.meta)
+            skip = min(self._to_skip, len(pcm))
+            self._to_skip -= skip
+            out.append(pcm[skip:])
+        y = np.concatenate(out) if out else np.zeros(0, np.int16)
+        return y[: max(0, self._seen - self._done)] if final else y
 
     # --- non-causal: overlapping blocks -----------------------------------------------------------------
     def _block_step(self, final: bool) -> np.ndarray:
@@ -108,20 +136,29 @@ class Enhancer:
             chunk = to_int16(chunk)
         self._buf = np.concatenate([self._buf, chunk])
         self._seen += len(chunk)
-        out = self._causal_step(False) if self.causal else self._block_step(False)
+        out = self._advance(False)
         self._done += len(out)
         return out
 
+    def _advance(self, final: bool) -> np.ndarray:
+        if self.step:
+            return self._step_step(final)
+        return self._causal_step(final) if self.causal else self._block_step(final)
+
     def flush(self) -> np.ndarray:
         """Everything still buffered; the total output then equals the input length."""
-        out = self._causal_step(True) if self.causal else self._block_step(True)
+        out = self._advance(True)
         self.reset()
         return out
 
     def enhance(self, pcm: np.ndarray) -> np.ndarray:
-        """Whole signal at once (offline)."""
+        """Whole signal at once (offline; a step model streams it through)."""
         pcm = check_signal(pcm, "input")
-        return self._run_offline(pcm if pcm.dtype == np.int16 else to_int16(pcm))
+        pcm = pcm if pcm.dtype == np.int16 else to_int16(pcm)
+        if self.step:
+            self.reset()
+            return np.concatenate([self.process(pcm), self.flush()])
+        return self._run_offline(pcm)
 
     def enhance_file(self, src: str | Path, dst: str | Path, stream: bool = False, progress: bool = True,
                      notes: list[str] | None = None) -> np.ndarray:

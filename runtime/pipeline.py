@@ -13,8 +13,9 @@ from runtime import qmath
 
 
 def padded_length(n: int, hop: int) -> int:
-    """Model input length for n samples: rounded up to the hop, plus one hop each side."""
-    return -(-n // hop) * hop + 2 * hop
+    """Model input length for n samples: one hop of zeros before, then rounded up to the hop plus two
+    hops of zeros after (the residual block looks one frame further than the main output)."""
+    return -(-n // hop) * hop + 3 * hop
 
 
 def pre(pcm: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
@@ -23,6 +24,11 @@ def pre(pcm: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     total = padded_length(len(pcm), hop)
     x = np.zeros(total, np.int16)
     x[hop: hop + len(pcm)] = pcm
+    return codes(x, meta)
+
+
+def codes(x: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """int16 PCM [T] -> model input [S, T] without padding (streaming blocks)."""
     if meta["splitter"] and meta.get("quantized", True):
         return qmath.split_int16(x, meta["n_splitter"])
     if meta["splitter"]:  # float graph of a QAT model: float splitter values
@@ -33,9 +39,12 @@ def pre(pcm: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
 def post(y: np.ndarray, n: int, meta: dict[str, Any]) -> np.ndarray:
     """Model outputs [C, T'] -> int16 PCM [n] (integer combiner), cropped to the input."""
     hop = meta["stride"]
+    return combine(y, meta)[hop: hop + n]
+
+
+def combine(y: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """Model outputs [C, T] -> int16 PCM [T] (integer combiner for int8 outputs)."""
     if y.dtype == np.int8:
-        out = qmath.combine_int16(y)
-    else:
-        comb = qmath.combine([c / qmath.IO_SCALE for c in y]) if meta["splitter"] else y[0]
-        out = np.clip(np.round(comb * 32768.0), -32768, 32767).astype(np.int16)
-    return out[hop: hop + n]
+        return qmath.combine_int16(y)
+    comb = qmath.combine([c / qmath.IO_SCALE for c in y]) if meta["splitter"] else y[0]
+    return np.clip(np.round(comb * 32768.0), -32768, 32767).astype(np.int16)

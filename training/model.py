@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime import qmath
-from training.quant import ActQuant, WeightQuant
+from runtime.pipeline import padded_length
+from training.quant import ActQuant, WeightQuant, link_input, quantize_bias
 
 NORMS = ("gLN", "cLN", "BN")
 IO_RANGE = (-1.0, 127.0 / 128.0)  # int8 grid with scale 1/128, zero point 0
@@ -96,6 +97,7 @@ class Norm(nn.Module):
             return F.batch_norm(x, self.running_mean, self.running_var, self.gamma, self.beta, True, 0.1, self.eps)
         a, b = self.affine()
         if self.wq is not None:
+            b = quantize_bias(b, getattr(self, "in_quant", None), self.wq.scales(a[:, None]))
             a = self.wq(a[:, None])[:, 0]
         return a[:, None] * x + b[:, None]
 
@@ -111,10 +113,14 @@ class QConv(nn.Module):
         self.wq = WeightQuant(cout, 0, cfg.gradient_based) if cfg.quantize else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.conv.weight if self.wq is None else self.wq(self.conv.weight)
+        w, b = self.conv.weight, self.conv.bias
+        if self.wq is not None:
+            if b is not None:
+                b = quantize_bias(b, getattr(self, "in_quant", None), self.wq.scales(w))
+            w = self.wq(w)
         if any(self.pad):
             x = F.pad(x, self.pad)
-        return F.conv1d(x, w, self.conv.bias, self.conv.stride, 0, self.conv.dilation, self.conv.groups)
+        return F.conv1d(x, w, b, self.conv.stride, 0, self.conv.dilation, self.conv.groups)
 
 
 def act(cfg: ModelConfig, fixed: tuple[float, float] | None = None) -> nn.Module:
@@ -189,6 +195,20 @@ class ConvTasNet(nn.Module):
             self.q_err = act(cfg)
             self.q_res_frames = act(cfg)
             self.q_res_out = act(cfg, fixed=IO_RANGE)
+        if cfg.quantize:
+            self._link_bias_inputs()
+
+    def _link_bias_inputs(self) -> None:
+        """Each biased conv learns which quantizer feeds it (its bias lives on the int32 grid)."""
+        link_input(self.bottleneck_norm, self.q_enc)
+        link_input(self.bottleneck, self.q_bn_norm)
+        prev = self.q_bottleneck
+        for blk in self.blocks:
+            for mod, q in ((blk.in_conv, prev), (blk.norm1, blk.q_prelu1), (blk.dconv, blk.q_norm1),
+                           (blk.norm2, blk.q_prelu2), (blk.res_conv, blk.q_norm2), (blk.skip_conv, blk.q_norm2)):
+                link_input(mod, q)
+            prev = blk.q_add
+        link_input(self.mask_conv, self.q_mask_prelu)
 
     # --- pieces shared with export -------------------------------------------------------------------
     def decoder_weight(self) -> torch.Tensor:
@@ -234,10 +254,10 @@ class Pipeline:
     cfg: ModelConfig = field(default_factory=ModelConfig)
 
     def pre(self, wav: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """[B, T] waveform in [-1, 1] -> [B, S, T'] model input (padded by one hop each side), T."""
+        """[B, T] waveform in [-1, 1] -> [B, S, T'] model input, T (see runtime.pipeline.padded_length)."""
         s = self.cfg.stride
         T = wav.shape[-1]
-        total = -(-T // s) * s + 2 * s
+        total = padded_length(T, s)
         x = F.pad(wav, (s, total - T - s))
         if self.cfg.quantize:
             x = torch.stack([c * qmath.IO_SCALE for c in qmath.split(x, self.cfg.n_splitter)], dim=1)

@@ -20,6 +20,19 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (x.round() - x).detach()
 
 
+def link_input(module: nn.Module, in_quant: nn.Module) -> None:
+    """Tell a conv (or BN affine) which quantizer feeds it, for its int32 bias grid (not a submodule)."""
+    object.__setattr__(module, "in_quant", in_quant)
+
+
+def quantize_bias(b: torch.Tensor, in_quant: "ActQuant | None", w_scales: torch.Tensor) -> torch.Tensor:
+    """Bias on the int32 grid the int8 kernels use: scale = input scale x weight scale (per channel)."""
+    if in_quant is None or not getattr(in_quant, "enabled", False):
+        return b
+    s = torch.tensor(in_quant.qparams()[0], dtype=torch.float32, device=b.device) * w_scales.to(b.device)
+    return round_ste(b / s) * s
+
+
 class ActQuant(nn.Module):
     """Per-tensor asymmetric fake quantizer with a learned or observed range."""
 
@@ -80,9 +93,8 @@ class WeightQuant(nn.Module):
 
     def scales(self, w: torch.Tensor) -> torch.Tensor:
         """Per-channel scale (float32), as exported."""
-        if not self.gradient_based:
-            return torch.clamp(self._channel_absmax(w), min=1e-12) / qmath.W_MAX
-        return torch.clamp(self.absmax.detach().abs(), min=1e-12) / qmath.W_MAX
+        m = self._channel_absmax(w) if not self.gradient_based else self.absmax.detach().abs()
+        return (torch.clamp(m, min=1e-12) / qmath.W_MAX).float()
 
     def int_weights(self, w: torch.Tensor) -> torch.Tensor:
         """int8 weight codes, as exported."""
