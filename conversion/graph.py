@@ -135,7 +135,18 @@ def build_graph(model: ConvTasNet, quantized: bool = True) -> Graph:
         r = conv(model.res_encoder, "y0", "res_enc", model.q_res_enc)
         e = binary("sub", masked, r, "err", model.q_err)
         outputs.append(decode(e, "y1", model.q_res_frames, model.q_res_out, gain=RES_GAIN))
+    if quantized:
+        _snap_biases(ops)
     return Graph(_live(ops, outputs), "input", outputs, metadata(model, quantized), quantized)
+
+
+def _snap_biases(ops: list[Op]) -> None:
+    """Put biases on the int32 grid (input scale x weight scale), as QAT and the int8 kernels do."""
+    qp_of = {"input": (qmath.IO_SCALE, 0), **{op.output: op.qp for op in ops}}
+    for op in ops:
+        if op.kind == "conv" and op.attrs["bias"] is not None:
+            bscale = np.float32(qp_of[op.inputs[0]][0]) * op.attrs["w_scale"]
+            op.attrs["bias"] = (np.round(op.attrs["bias"] / bscale) * bscale).astype(np.float32)
 
 
 def _live(ops: list[Op], outputs: list[str]) -> list[Op]:

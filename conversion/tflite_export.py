@@ -100,9 +100,6 @@ def _emit(tf, op: Op, env: dict, quantized: bool):
         first = tf.pad(x[:, :, :, :s], [[0, 0], [0, 0], [0, 1], [0, 0]])
         second = tf.pad(x[:, :, :, s:], [[0, 0], [0, 0], [1, 0], [0, 0]])
         return tf.reshape(first + second, [1, 1, -1, 1])
-    if op.kind == "norm":
-        raise ConversionError("gLN/cLN normalization has no integer-only TFLite form here: use a BN config "
-                              "(per-channel affine, folded into int8 ops) for fully-integer TFLite")
     raise ConversionError(f"unknown op {op.kind}")
 
 
@@ -133,6 +130,9 @@ def tf_function(g: Graph, length: int | None = TRACE_LEN, states: list | None = 
 
 
 def to_tflite(g: Graph, states: list | None = None) -> bytes:
+    if any(op.kind == "norm" for op in g.ops):
+        raise ConversionError(f"{g.meta['norm_type']} normalization has no integer-only TFLite form here: use a BN "
+                              "config (a per-channel affine, an int8 depthwise 1x1 conv) for TFLite; ONNX export works")
     import tensorflow as tf
     fn = tf_function(g, states=states)
     conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)

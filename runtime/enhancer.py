@@ -47,7 +47,7 @@ class Enhancer:
     def latency_samples(self) -> int:
         if self.step:
             return self.chunk + int(self.meta["stream_offset_samples"])
-        return 2 * self.hop if self.causal else self.block
+        return (2 + (int(self.meta["n_combiner"]) > 1)) * self.hop if self.causal else self.block
 
     def reset(self) -> None:
         self._buf = np.zeros(0, np.int16)  # input from absolute sample _buf_start to _seen
@@ -76,8 +76,10 @@ class Enhancer:
     def _causal_step(self, final: bool) -> np.ndarray:
         s = self.hop
         context = (int(self.meta["receptive_field_frames"]) + 2) * s
-        # Output k needs input up to the end of hop k // s + 1 (one encoder window of look-ahead).
-        ready = self._seen if final else max(0, (self._seen // s - 1) * s)
+        # Output k needs input up to the end of hop k // s + 1 (one encoder window of look-ahead),
+        # one hop more with the residual block (its encoder reads the next output hop).
+        ahead = 1 + (int(self.meta["n_combiner"]) > 1)
+        ready = self._seen if final else max(0, (self._seen // s - ahead) * s)
         if ready <= self._done or (not final and ready - self._done < self.chunk):
             return np.zeros(0, np.int16)
         w0 = max(0, (self._done - context) // s * s)  # hop-aligned, the receptive field fits inside

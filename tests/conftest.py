@@ -39,6 +39,16 @@ def demo_tflite(tmp_path_factory, demo_ckpt) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="session")
+def demo_step(tmp_path_factory, demo_ckpt) -> dict[str, Path]:
+    """Streaming step models (16 ms per call) in both formats."""
+    from conversion.onnx_export import export_onnx
+    from conversion.tflite_export import convert_tflite
+    d = tmp_path_factory.mktemp("step")
+    convert_tflite(demo_ckpt, d / "step.tflite", step_frames=16)
+    return {"onnx": export_onnx(demo_ckpt, d / "step.onnx", step_frames=16), "tflite": d / "step.tflite"}
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed")

@@ -40,6 +40,30 @@ def test_streaming_equals_offline_bit_for_bit(kind, chunk, demo_onnx, demo_tflit
     assert np.array_equal(streamed, offline)
 
 
+@pytest.mark.parametrize("kind", ["onnx", "tflite"])
+def test_step_model_streams_bit_exact_with_offline_model(kind, demo_step, demo_onnx, demo_tflite):
+    offline = Enhancer.from_file(demo_onnx if kind == "onnx" else demo_tflite[0])
+    step = Enhancer.from_file(demo_step[kind])
+    assert step.step and step.chunk == 256
+    assert 1000 * step.latency_samples / step.sr == 18.0  # 16 ms block + 2 encoder hops
+    for noisy, _ in noisy_clean_pairs()[:3]:
+        pcm, _ = sf.read(noisy, dtype="int16")
+        ref = offline.enhance(pcm)
+        for chunk in (256, 100, 999):
+            parts = [step.process(pcm[i: i + chunk]) for i in range(0, len(pcm), chunk)] + [step.flush()]
+            assert np.array_equal(np.concatenate(parts), ref)
+
+
+def test_step_model_is_fully_integer_with_int8_state(demo_step):
+    from conversion.checks import fully_integer
+    from conversion.tflite_export import tensor_report
+    be = load_backend(demo_step["tflite"])
+    assert fully_integer(tensor_report(demo_step["tflite"].read_bytes())) == []
+    ins = be.interp.get_input_details()
+    assert len(ins) == 1 + len(be.meta["states"]) and all(d["dtype"] == np.int8 for d in ins)
+    assert all(tuple(d["shape"][2:]) == (st["length"], st["channels"]) for d, st in zip(ins[1:], be.meta["states"]))
+
+
 def test_block_mode_close_to_offline(demo_tflite):
     enh = Enhancer.from_file(demo_tflite[0], block_ms=500)
     enh.causal = False  # force the non-causal path (overlap-add of 0.5 s blocks)
