@@ -15,6 +15,11 @@ def si_snr_torch(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> tor
     return 10 * torch.log10(((proj ** 2).sum(-1) + eps) / (((est - proj) ** 2).sum(-1) + eps))
 
 
+def snr_torch(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Plain SNR in dB over the last axis (scale-dependent), differentiable."""
+    return 10 * torch.log10(((ref ** 2).sum(-1) + eps) / (((est - ref) ** 2).sum(-1) + eps))
+
+
 def stoi(est: np.ndarray, ref: np.ndarray, sr: int) -> float:
     from pystoi import stoi as _stoi
     return float(_stoi(ref, est, sr, extended=False))

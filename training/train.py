@@ -1,6 +1,6 @@
 """`fqse train`: float, vanilla-QAT and FQSE training of ConvTasNet.
 
-Adam, LR halved on plateau, early stop, gradient clipping, negative SI-SNR loss after the combiner.
+Adam, LR halved on plateau, early stop, gradient clipping, loss after the combiner: negative SNR (default) or the paper's negative SI-SNR (training.loss).
 Checkpoints (`last.pt` every `save_every` steps and at each epoch end, `best.pt` on validation) are
 written atomically; `--resume` continues from `last.pt` at the same step with the same optimizer state.
 Multi-process through torch.distributed (torchrun; gloo on CPU, nccl on CUDA).
@@ -21,7 +21,7 @@ from tqdm import tqdm
 from training import checkpoint
 from training.config import ConfigError, model_config
 from training.data import MixDataset
-from training.metrics import si_snr_torch
+from training.metrics import si_snr_torch, snr_torch
 from training.model import ConvTasNet, enhance
 
 
@@ -68,10 +68,10 @@ def plot_history(history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ep = [h["epoch"] for h in history]
-    ax.plot(ep, [-h["train_loss"] for h in history], label="train SI-SNR")
+    ax.plot(ep, [-h["train_loss"] for h in history], label="train (-loss)")
     ax.plot(ep, [h["val_si_snr"] for h in history], label="valid SI-SNR")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("SI-SNR (dB)")
+    ax.set_ylabel("dB")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -116,6 +116,11 @@ def train(conf: dict, work_dir: str | Path | None = None, resume: bool = False, 
         torch.set_rng_state(ck["torch_rng"])
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     save_every = int(tr.get("save_every", 50))
+    # Negative SNR by default: unlike the paper's SI-SNR it fixes the output level, which an int8
+    # output grid needs (an SI-SNR-trained model may come out louder than full scale and clip).
+    metric = {"snr": snr_torch, "si_snr": si_snr_torch}.get(tr.get("loss", "snr"))
+    if metric is None:
+        raise ConfigError(f"training.loss {tr.get('loss')!r}: choose snr or si_snr")
 
     def save_last() -> None:
         if rank == 0:
@@ -135,7 +140,7 @@ def train(conf: dict, work_dir: str | Path | None = None, resume: bool = False, 
             mix = torch.stack([m for m, _ in items]).to(device)
             clean = torch.stack([c for _, c in items]).to(device)
             out = enhance(ddp, mix, cfg)
-            loss = -si_snr_torch(out, clean).mean()
+            loss = -metric(out, clean).mean()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(tr["clip_grad"]))
