@@ -22,7 +22,7 @@ def _train(a: argparse.Namespace) -> None:
 
 def _eval(a: argparse.Namespace) -> None:
     from training.evaluate import run_eval
-    run_eval(a.yaml, a.checkpoint, a.compare, a.json, a.plot, a.split, a.limit)
+    run_eval(a.yaml, a.checkpoint, a.compare, a.json, a.plot, a.split, a.limit, a.segment)
 
 
 def _export(a: argparse.Namespace) -> None:
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", help="PNG of output SI-SNR against input SNR")
     s.add_argument("--split", default="test_dir")
     s.add_argument("--limit", type=int)
+    s.add_argument("--segment", type=float, help="seconds: evaluate on 50%%-overlapping segments (triangular "
+                   "weights) instead of whole utterances")
     s.set_defaults(func=_eval)
 
     for name, fn, ext, hlp in (("export", _export, ".onnx", "int8 QDQ ONNX"), ("convert", _convert, ".tflite",

@@ -29,6 +29,22 @@ def torch_enhancer(model: ConvTasNet) -> Enhance:
     return run
 
 
+def segmented(fn: Enhance, seg: int) -> Enhance:
+    """Run fn on 50 %-overlapping segments of `seg` samples, triangular weights, overlap-add (the
+    reference implementation's evaluation of long files)."""
+    def run(x: np.ndarray) -> np.ndarray:
+        if len(x) <= seg:
+            return fn(x)
+        hop, win = seg // 2, np.bartlett(seg + 2)[1:-1]
+        out, wsum = np.zeros(len(x)), np.zeros(len(x))
+        for start in range(0, len(x) - hop, hop):
+            part = x[start: start + seg]
+            out[start: start + len(part)] += fn(part) * win[: len(part)]
+            wsum[start: start + len(part)] += win[: len(part)]
+        return (out / np.maximum(wsum, 1e-9)).astype(np.float32)
+    return run
+
+
 def load_split(split_dir: str, limit: int | None = None) -> list[dict]:
     rows = read_rows(split_dir)
     return rows[:limit] if limit else rows
@@ -91,7 +107,7 @@ def plot_curves(curves: dict[str, dict[float, float]], path: str | Path, title: 
 
 
 def run_eval(yaml: str, checkpoint: str, compare: list[str], json_out: str | None, plot: str | None,
-             split: str = "test_dir", limit: int | None = None) -> dict:
+             split: str = "test_dir", limit: int | None = None, segment: float | None = None) -> dict:
     conf = load_config(yaml)
     cfg = model_config(conf)
     rows = load_split(conf["dataset"][split], limit)
@@ -101,6 +117,8 @@ def run_eval(yaml: str, checkpoint: str, compare: list[str], json_out: str | Non
         model = load_model(ck, cfg if i == 0 else None)
         name = Path(ck).parent.name + "/" + Path(ck).name
         fn = torch_enhancer(model)
+        if segment:
+            fn = segmented(fn, int(segment * cfg.sample_rate))
         results[name] = quality(fn, rows, cfg.sample_rate, desc=name)
         if plot:
             curves[name] = snr_curve(fn, rows, desc=name)

@@ -1,0 +1,77 @@
+"""`fqse report`: every checkpoint and every deployed artifact of the last (FQSE) one on a test split:
+quality table (SI-SNR, SI-SNRi, SDR, STOI), sizes, speeds, and the signature plot (output SI-SNR
+against input SNR) in report.md.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _label(cfg) -> str:
+    if not cfg.quantize:
+        return "float"
+    if cfg.n_splitter == 1 and cfg.n_combiner == 1 and not cfg.gradient_based:
+        return "vanilla QAT 8-bit"
+    return "FQSE 8-bit fake-quant"
+
+
+def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | None = None) -> dict:
+    from conversion.onnx_export import export_onnx
+    from conversion.tflite_export import ConversionError, convert_tflite
+    from runtime.bench import measure
+    from runtime.enhancer import Enhancer
+    from runtime.files import atomic_write
+    from training.checkpoint import load_model
+    from training.config import load_config
+    from training.evaluate import load_split, plot_curves, quality, snr_curve, torch_enhancer
+
+    conf = load_config(yaml)
+    rows = load_split(conf["dataset"]["test_dir"], limit)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    systems: dict[str, dict] = {}
+    curves: dict[str, dict] = {}
+    models = {}
+    for ck in checkpoints:
+        model = load_model(ck)
+        name = _label(model.cfg)
+        models[name] = (ck, model)
+        fn = torch_enhancer(model)
+        systems[name] = {"checkpoint": str(ck), **quality(fn, rows, model.cfg.sample_rate, desc=name)}
+        curves[name] = snr_curve(fn, rows, desc=name)
+    last_ck, last = list(models.values())[-1]
+    deployed = {"ONNX int8": export_onnx(last_ck, out / "model_int8.onnx")}
+    try:
+        deployed["TFLite int8"] = Path(convert_tflite(last_ck, out / "model_int8.tflite")["path"])
+    except ConversionError as exc:
+        print(f"note: no TFLite model ({exc})")
+    for name, path in deployed.items():
+        enh = Enhancer.from_file(path)
+        fn = lambda x, e=enh: e.enhance(np.asarray(x, np.float32)) / 32768.0  # noqa: E731
+        label = f"FQSE {name}"
+        systems[label] = {"model": str(path), **quality(fn, rows, enh.sr, desc=label),
+                          "size_kb": path.stat().st_size / 1024,
+                          "s_per_s_audio_1thread": measure(str(path), 1, 4.0, False, 16.0)["s_per_s_audio"]}
+        curves[label] = snr_curve(fn, rows, desc=label)
+    plot_curves(curves, out / "si_snr_vs_input_snr.png", title=f"output SI-SNR vs input SNR ({len(rows)} test mixtures)")
+    lines = [f"# FQSE report\n", f"Config `{yaml}`, test split `{conf['dataset']['test_dir']}` ({len(rows)} mixtures).\n",
+             "| system | SI-SNR | SI-SNRi | SDR | STOI | size (KB) | s per s audio (1 thread) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in systems.items():
+        size = f"{r['size_kb']:.0f}" if "size_kb" in r else ""
+        speed = f"{r['s_per_s_audio_1thread']:.4f}" if "s_per_s_audio_1thread" in r else ""
+        lines.append(f"| {name} | {r['si_snr']:.2f} | {r['si_snri']:.2f} | {r['sdr']:.2f} | {r['stoi']:.3f} | {size} | {speed} |")
+    snrs = sorted(next(iter(curves.values())))
+    lines += ["", "Output SI-SNR (dB) by input SNR (each test mixture re-mixed at that SNR):", "",
+              "| system | " + " | ".join(f"{s:+.0f} dB" for s in snrs) + " |", "|---|" + "---:|" * len(snrs)]
+    for name, c in curves.items():
+        lines.append(f"| {name} | " + " | ".join(f"{c[s]:.2f}" for s in snrs) + " |")
+    lines += ["", "![SI-SNR vs input SNR](si_snr_vs_input_snr.png)", ""]
+    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
+    result = {"systems": systems, "curves": {k: {str(s): v for s, v in c.items()} for k, c in curves.items()}}
+    (out / "report.json").write_text(json.dumps(result, indent=1, default=str))
+    print("\n".join(lines))
+    return result

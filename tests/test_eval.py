@@ -1,0 +1,56 @@
+"""`fqse eval` and `fqse report` on a generated test split (held-out voices and texts)."""
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from tests.conftest import ROOT, run_fqse
+
+PRE = ROOT / "training" / "pretrained"
+
+
+def _config(tmp_path, data):
+    conf = yaml.safe_load((ROOT / "configs" / "tiny_fqse.yml").read_text())
+    conf["base"] = str(ROOT / "configs" / "tiny_float.yml")
+    conf["dataset"] = {"test_dir": str(data / "test"), "augmentation": {"enabled": True}}
+    p = tmp_path / "c.yml"
+    p.write_text(yaml.safe_dump(conf))
+    return p
+
+
+def test_eval_metrics_and_curve(tmp_path, tiny_data):
+    conf = _config(tmp_path, tiny_data)
+    res = run_fqse("eval", "-y", str(conf), "--checkpoint", str(PRE / "demo_fqse_tiny.pt"), "--compare",
+                   str(PRE / "demo_float_tiny.pt"), "--json", str(tmp_path / "e.json"), "--plot", str(tmp_path / "c.png"))
+    assert res.returncode == 0, res.stderr[-1500:]
+    out = json.loads((tmp_path / "e.json").read_text())
+    fq = out["pretrained/demo_fqse_tiny.pt"]
+    assert fq["si_snri"] > 4.0 and 0.5 < fq["stoi"] <= 1.0
+    assert set(fq["curve"]) == {str(float(s)) for s in (-6, -3, 0, 3, 6, 9, 12, 15, 18)}
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_segmented_eval_close_to_whole(tmp_path, tiny_data):
+    conf = _config(tmp_path, tiny_data)
+    whole = run_fqse("eval", "-y", str(conf), "--checkpoint", str(PRE / "demo_fqse_tiny.pt"), "--json", str(tmp_path / "w.json"))
+    seg = run_fqse("eval", "-y", str(conf), "--checkpoint", str(PRE / "demo_fqse_tiny.pt"), "--segment", "1.0",
+                   "--json", str(tmp_path / "s.json"))
+    assert whole.returncode == 0 and seg.returncode == 0, seg.stderr[-1500:]
+    w = json.loads((tmp_path / "w.json").read_text())["pretrained/demo_fqse_tiny.pt"]["si_snr"]
+    s = json.loads((tmp_path / "s.json").read_text())["pretrained/demo_fqse_tiny.pt"]["si_snr"]
+    assert abs(w - s) < 1.0
+
+
+def test_report_table_and_plot(tmp_path, tiny_data):
+    conf = _config(tmp_path, tiny_data)
+    res = run_fqse("report", "-y", str(conf), "--checkpoints", str(PRE / "demo_float_tiny.pt"),
+                   str(PRE / "demo_fqse_tiny.pt"), "--out", str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr[-1500:]
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    names = set(rep["systems"])
+    assert {"float", "FQSE 8-bit fake-quant", "FQSE ONNX int8", "FQSE TFLite int8"} <= names
+    fq, tfl = rep["systems"]["FQSE 8-bit fake-quant"], rep["systems"]["FQSE TFLite int8"]
+    assert abs(fq["si_snr"] - tfl["si_snr"]) < 0.3  # the deployed model keeps the quality
+    assert "| FQSE TFLite int8 |" in (tmp_path / "r" / "report.md").read_text()
+    assert (tmp_path / "r" / "si_snr_vs_input_snr.png").exists()
