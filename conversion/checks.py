@@ -56,6 +56,22 @@ def scale_mismatches(g: Graph, report: dict[str, Any]) -> list[str]:
     return missing + extra
 
 
+def check_integer(g: Graph, raw: bytes, what: str) -> dict[str, Any]:
+    """Op counts; for a quantized graph: every tensor int8/int32 and exactly the QAT scales."""
+    rep = tensor_report(raw)
+    report: dict[str, Any] = {"ops": {k: rep["ops"].count(k) for k in sorted(set(rep["ops"]))}}
+    if g.quantized:
+        floats = fully_integer(rep)
+        report["fully_integer"] = not floats
+        if floats:
+            raise ConversionError(f"{what} has {len(floats)} non-integer tensors, e.g. {floats[:3]}")
+        bad = scale_mismatches(g, rep)
+        report["qat_scales_kept"] = not bad
+        if bad:
+            raise ConversionError(f"{what} scales differ from the QAT ones: {bad[:4]}")
+    return report
+
+
 def check_tflite(model: Any, g: Graph, raw: bytes, pcm: np.ndarray | None = None) -> dict[str, Any]:
     """Run all checks; returns the measured figures."""
     from runtime.backends import TfliteBackend
@@ -74,17 +90,7 @@ def check_tflite(model: Any, g: Graph, raw: bytes, pcm: np.ndarray | None = None
     if report["tf_graph"]["snr_db"] < bound:
         raise ConversionError(f"TF graph disagrees with the torch model: {report['tf_graph']['snr_db']:.1f} dB < {bound} dB")
     # Stage 2: the TFLite model.
-    rep = tensor_report(raw)
-    report["ops"] = {k: rep["ops"].count(k) for k in sorted(set(rep["ops"]))}
-    if g.quantized:
-        floats = fully_integer(rep)
-        report["fully_integer"] = not floats
-        if floats:
-            raise ConversionError(f"TFLite model has {len(floats)} non-integer tensors, e.g. {floats[:3]}")
-        bad = scale_mismatches(g, rep)
-        report["qat_scales_kept"] = not bad
-        if bad:
-            raise ConversionError(f"TFLite scales differ from the QAT ones: {bad[:4]}")
+    report.update(check_integer(g, raw, "TFLite model"))
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "m.tflite"
         p.write_bytes(raw)
@@ -103,17 +109,7 @@ def check_step(model: Any, g: Graph, raw: bytes, pcm: np.ndarray | None = None) 
     from runtime.enhancer import Enhancer
     from runtime.metrics import snr
     pcm = check_audio(g.meta["sample_rate"]) if pcm is None else pcm
-    rep = tensor_report(raw)
-    report: dict[str, Any] = {"ops": {k: rep["ops"].count(k) for k in sorted(set(rep["ops"]))}}
-    if g.quantized:
-        floats = fully_integer(rep)
-        report["fully_integer"] = not floats
-        if floats:
-            raise ConversionError(f"step model has {len(floats)} non-integer tensors, e.g. {floats[:3]}")
-        bad = scale_mismatches(g, rep)
-        report["qat_scales_kept"] = not bad
-        if bad:
-            raise ConversionError(f"step model scales differ from the QAT ones: {bad[:4]}")
+    report = check_integer(g, raw, "step model")
     x = pipeline.pre(pcm, g.meta)
     ref = to_wave(torch_outputs(model, x), g.meta)[g.meta["stride"]: g.meta["stride"] + len(pcm)]
     with tempfile.TemporaryDirectory() as tmp:

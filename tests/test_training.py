@@ -153,3 +153,17 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_data):
         assert torch.allclose(sa[k]["exp_avg"], sb[k]["exp_avg"], atol=1e-6)
     for k, v in a["state_dict"].items():
         assert torch.allclose(v.float(), b["state_dict"][k].float(), atol=1e-5), k
+
+
+def test_distributed_two_gloo_processes(tmp_path, tiny_data):
+    conf = _write_config(tmp_path, tiny_data)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                          "-m", "fqse", "train", "-y", str(conf), "--work-dir", str(tmp_path / "ddp"), "--max-steps", "3"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    st = _state(tmp_path / "ddp" / "last.pt")
+    assert st["train_state"]["step"] == 3
+    init = ConvTasNet(ModelConfig(**SMALL, norm_type="BN", causal=True, quantize=True, n_splitter=2, n_combiner=2))
+    moved = [k for k, v in st["state_dict"].items() if k in init.state_dict() and k.endswith("conv.weight")
+             and not torch.equal(v, init.state_dict()[k])]
+    assert moved  # the two processes trained the model

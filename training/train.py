@@ -114,7 +114,8 @@ def train(conf: dict, work_dir: str | Path | None = None, resume: bool = False, 
         sched.load_state_dict(ck["scheduler"])
         state = ck["train_state"]
         torch.set_rng_state(ck["torch_rng"])
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # find_unused_parameters: the last block's residual conv and ranges still under EMA get no gradient
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     save_every = int(tr.get("save_every", 50))
     # Negative SNR by default: unlike the paper's SI-SNR it fixes the output level, which an int8
     # output grid needs (an SI-SNR-trained model may come out louder than full scale and clip).
@@ -158,6 +159,10 @@ def train(conf: dict, work_dir: str | Path | None = None, resume: bool = False, 
                 return best if best.exists() else last
         bar.close()
         val = validate(model, val_ds, device) if rank == 0 else 0.0
+        if world > 1:  # every rank takes the same LR / early-stop decisions
+            shared = [val]
+            dist.broadcast_object_list(shared, src=0)
+            val = shared[0]
         entry = {"epoch": state["epoch"], "step": state["step"], "train_loss": float(np.mean(losses)),
                  "val_si_snr": val, "lr": opt.param_groups[0]["lr"]}
         state["history"].append(entry)
