@@ -57,9 +57,47 @@ def parity_on_pcm(model: ConvTasNet, backend: Any, pcm: np.ndarray) -> dict[str,
     return compare(torch_outputs(model, x), backend.run(x), meta)
 
 
+def per_layer_onnx(model: ConvTasNet, onnx_path: str | Path, x: np.ndarray, tol_lsb: int = 1) -> list[dict[str, Any]]:
+    """Every QAT-quantized tensor of the ONNX model (as int8 codes) against the fake-quant torch model,
+    in graph order; the first entry over `tol_lsb` is where they diverge."""
+    import onnx
+    from conversion.graph import build_graph
+    from runtime.backends import OnnxBackend
+    g = build_graph(model)
+    proto = onnx.load(str(onnx_path))
+    qnames = {n.output[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    ops = [op for op in g.ops if op.qp is not None and op.output + "_q" in qnames]
+    for op in ops:
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(op.output + "_q", onnx.TensorProto.INT8, None))
+    captured: dict[str, torch.Tensor] = {}
+    hooks = [op.quantizer.register_forward_hook(lambda m, i, o, name=op.output: captured.__setitem__(name, o.detach()))
+             for op in ops]
+    try:
+        torch_outputs(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "all.onnx"
+        onnx.save(proto, str(path))
+        be = OnnxBackend(path)
+        res = dict(zip(be.out_names, be.sess.run(be.out_names, {be.in_name: x[None]})))
+    rows = []
+    for op in ops:
+        s, z = op.qp
+        ref = np.round(captured[op.output][0].numpy() / s) + z
+        d = np.abs(res[op.output + "_q"][0].astype(np.float64) - ref)
+        rows.append({"tensor": op.output, "max_lsb": int(d.max()), "frac_over_tol": float((d > tol_lsb).mean()),
+                     "frac_differ": float((d > 0).mean())})
+    return rows
+
+
 def run_parity(checkpoint: str, audio: str, onnx: str | None = None, tflite: str | None = None,
-               clean: str | None = None, json_out: str | None = None) -> dict[str, Any]:
-    """`fqse parity`: fake-quant vs each deployed model; SI-SNR of each against clean when given."""
+               clean: str | None = None, json_out: str | None = None, float_checkpoint: str | None = None,
+               per_layer: bool = False) -> dict[str, Any]:
+    """`fqse parity`: fake-quant vs each deployed model (int8 LSB statistics), SNR between every pair
+    of systems (float model too when given), SI-SNR of each against clean when given."""
     model = load_model(checkpoint)
     sr = model.cfg.sample_rate
     notes: list[str] = []
@@ -81,6 +119,20 @@ def run_parity(checkpoint: str, audio: str, onnx: str | None = None, tflite: str
         outputs.setdefault("fakequant", pipeline.post(ref, len(pcm), be.meta))
         r["path"] = str(path)
         result["models"][kind] = r
+    if per_layer and onnx:
+        rows = per_layer_onnx(model, onnx, pipeline.pre(pcm, load_backend(onnx).meta))
+        result["per_layer_onnx"] = rows
+        first = next((r for r in rows if r["max_lsb"] > 1), None)
+        print("per layer (ONNX vs fake-quant): " + (f"first tensor over 1 LSB: {first['tensor']} (max {first['max_lsb']} LSB, "
+              f"{100 * first['frac_over_tol']:.3f} % of values)" if first else "no tensor differs by more than 1 LSB"))
+    if float_checkpoint:
+        from training.model import enhance
+        with torch.no_grad():
+            y = enhance(load_model(float_checkpoint), torch.from_numpy(pcm.astype(np.float32) / 32768)[None])[0].numpy()
+        outputs["float"] = np.clip(np.round(y * 32768), -32768, 32767).astype(np.int16)
+    names = list(outputs)
+    result["pairwise_snr_db"] = {f"{a} vs {b}": snr(outputs[a] / 32768.0, outputs[b] / 32768.0)
+                                 for i, a in enumerate(names) for b in names[i + 1:]}
     if ref_clean is not None:
         n = min(len(ref_clean), len(pcm))
         result["si_snr_vs_clean"] = {"noisy": si_snr(pcm[:n] / 32768.0, ref_clean[:n]),
@@ -90,6 +142,8 @@ def run_parity(checkpoint: str, audio: str, onnx: str | None = None, tflite: str
         lsb = ",".join(str(v) for v in r.get("max_lsb", []))
         w1 = ",".join(f"{100 * v:.3f}%" for v in r.get("within_1lsb", []))
         print(f"{k:<8} {r['snr_db']:>24.2f} {lsb:>10} {w1:>14}")
+    for k, v in result["pairwise_snr_db"].items():
+        print(f"SNR {k}: {v:.2f} dB")
     if "si_snr_vs_clean" in result:
         print("SI-SNR vs clean (dB): " + ", ".join(f"{k} {v:.2f}" for k, v in result["si_snr_vs_clean"].items()))
     if json_out:

@@ -48,7 +48,8 @@ def _convert(a: argparse.Namespace) -> None:
 
 def _parity(a: argparse.Namespace) -> None:
     from conversion.parity import run_parity
-    run_parity(a.checkpoint, a.audio, onnx=a.onnx, tflite=a.tflite, clean=a.clean, json_out=a.json)
+    run_parity(a.checkpoint, a.audio, onnx=a.onnx, tflite=a.tflite, clean=a.clean, json_out=a.json,
+               float_checkpoint=a.float_checkpoint, per_layer=a.per_layer)
 
 
 def _enhance(a: argparse.Namespace) -> None:
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clean")
     s.add_argument("--onnx")
     s.add_argument("--tflite")
+    s.add_argument("--float-checkpoint", help="a float model to compare as well")
+    s.add_argument("--per-layer", action="store_true", help="ONNX: every quantized tensor against the fake-quant "
+                   "model; names the first one more than 1 LSB off")
     s.add_argument("--json")
     s.set_defaults(func=_parity)
 

@@ -83,11 +83,28 @@ def test_float_checkpoint_int8_export_is_clear_error(tmp_path):
     assert res.returncode == 2 and "float model" in res.stderr and not (tmp_path / "x.onnx").exists()
 
 
-def test_parity_cli_json(demo_onnx, demo_ckpt, tmp_path):
+def test_parity_cli_json(demo_onnx, demo_tflite, demo_ckpt, tmp_path):
     noisy, clean = noisy_clean_pairs()[0]
-    res = run_fqse("parity", "--checkpoint", str(demo_ckpt), "--onnx", str(demo_onnx), "--audio", str(noisy),
-                   "--clean", str(clean), "--json", str(tmp_path / "p.json"))
+    res = run_fqse("parity", "--checkpoint", str(demo_ckpt), "--onnx", str(demo_onnx), "--tflite", str(demo_tflite[0]),
+                   "--float-checkpoint", str(ROOT / "training" / "pretrained" / "demo_float_tiny.pt"),
+                   "--audio", str(noisy), "--clean", str(clean), "--json", str(tmp_path / "p.json"))
     assert res.returncode == 0, res.stderr
     out = json.loads((tmp_path / "p.json").read_text())
     assert out["models"]["onnx"]["snr_db"] >= 45
     assert out["si_snr_vs_clean"]["onnx"] > out["si_snr_vs_clean"]["noisy"] + 3
+    assert set(out["si_snr_vs_clean"]) == {"noisy", "onnx", "tflite", "fakequant", "float"}
+    assert out["pairwise_snr_db"]["onnx vs fakequant"] >= 45
+    assert out["pairwise_snr_db"]["fakequant vs float"] > 5  # int8 model is not the float model
+
+
+def test_per_layer_parity_finds_first_divergence(demo_onnx, demo_ckpt):
+    from conversion.parity import per_layer_onnx
+    model = load_model(demo_ckpt)
+    pcm = to_int16(read_audio(noisy_clean_pairs()[0][0], 16000)[0])
+    x = pipeline.pre(pcm, OnnxBackend(demo_onnx).meta)
+    rows = per_layer_onnx(model, demo_onnx, x)
+    assert rows[0]["tensor"] == "enc" and rows[0]["max_lsb"] == 0  # first conv: exact integer math on both sides
+    assert len(rows) > 60
+    # a model whose ONNX file was made from other weights diverges at once
+    model.encoder.conv.weight.data *= 1.1
+    assert per_layer_onnx(model, demo_onnx, x)[0]["max_lsb"] > 1
