@@ -21,11 +21,7 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None, *, stric
     Stereo is downmixed and a different rate is resampled to ``sample_rate`` (each noted in ``notes``),
     unless ``strict_rate``, where a different rate is an error.
     """
-    path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file")
+    path = check_file(path)
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types for corrupt input
@@ -47,6 +43,16 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None, *, stric
         x = resample(x, sr, sample_rate)
         sr = sample_rate
     return np.clip(x, -1.0, 1.0).astype(np.float32), sr
+
+
+def check_file(path: str | os.PathLike) -> Path:
+    """A path that exists and is not empty, else a one-line AudioError."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file")
+    return path
 
 
 def check_signal(x: np.ndarray, what: str = "signal") -> np.ndarray:

@@ -31,11 +31,11 @@ def measure(model: str, threads: int, seconds: float, stream: bool, hop_ms: floa
     from runtime.audio import to_int16
     from runtime.enhancer import Enhancer
     enh = Enhancer.from_file(model, threads, hop_ms=hop_ms)
-    pcm = to_int16(_signal(seconds, enh.sr))
     res: dict[str, Any] = {"model": model, "threads": threads, "audio_s": seconds,
                            "size_bytes": Path(model).stat().st_size, "quantized": bool(enh.meta.get("quantized")),
                            "norm_type": enh.meta.get("norm_type"), "causal": enh.causal}
     if not stream:
+        pcm = to_int16(_signal(seconds, enh.sr))
         enh.enhance(pcm[: enh.sr])  # warm-up
         times = []
         for _ in range(repeats):
@@ -44,11 +44,17 @@ def measure(model: str, threads: int, seconds: float, stream: bool, hop_ms: floa
             times.append(time.perf_counter() - t)
         res["s_per_s_audio"] = float(np.median(times)) / seconds
     else:
-        per_hop = []
-        for i in range(0, len(pcm), enh.chunk):
-            t = time.perf_counter()
-            enh.process(pcm[i: i + enh.chunk])
-            per_hop.append(time.perf_counter() - t)
+        # The signal is made a second at a time, so memory does not grow with its length.
+        per_hop = np.zeros(int(seconds * enh.sr) // enh.chunk + 1)
+        n = 0
+        for sec in range(int(np.ceil(seconds))):
+            pcm = to_int16(_signal(min(1.0, seconds - sec), enh.sr, seed=sec))
+            for i in range(0, len(pcm) - enh.chunk + 1, enh.chunk):
+                t = time.perf_counter()
+                enh.process(pcm[i: i + enh.chunk])
+                per_hop[n] = time.perf_counter() - t
+                n += 1
+        per_hop = per_hop[:n]
         enh.flush()
         hop_s = enh.chunk / enh.sr
         res.update(hop_ms=1000 * hop_s, hop_median_ms=1000 * float(np.median(per_hop)),

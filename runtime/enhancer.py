@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime import pipeline
-from runtime.audio import AudioError, check_signal, read_audio, to_int16, write_audio
+from runtime.audio import AudioError, check_file, check_signal, read_audio, to_int16, write_audio
 from runtime.backends import Backend, load_backend
 
 
@@ -180,12 +180,55 @@ class Enhancer:
         return y
 
 
+    def stream_file(self, src: str | Path, dst: str | Path, progress: bool = True,
+                    notes: list[str] | None = None, block_s: float = 1.0) -> int:
+        """Enhance a file block by block with constant memory (read, process, write as it goes);
+        the output appears only when complete. Returns the number of samples written."""
+        import soundfile as sf
+        from runtime.files import atomic_write
+        src = check_file(src)
+        try:
+            info = sf.info(str(src))
+        except Exception as exc:
+            raise AudioError(f"{src}: not a readable audio file ({str(exc).splitlines()[0]})") from None
+        if info.samplerate != self.sr:  # resampling needs the whole signal
+            self.enhance_file(src, dst, stream=True, progress=progress, notes=notes)
+            return int(round(info.frames * self.sr / info.samplerate))
+        if info.channels > 1 and notes is not None:
+            notes.append(f"{src.name}: {info.channels} channels downmixed to mono")
+        total = 0
+
+        def write(tmp: str) -> None:
+            nonlocal total
+            block = int(block_s * self.sr)
+            with sf.SoundFile(tmp, "w", self.sr, 1, "PCM_16", format="WAV") as out, \
+                    tqdm(total=info.frames, disable=not progress or info.frames < 5 * self.sr, desc="enhance",
+                         unit="sample", unit_scale=True) as bar:
+                for x in sf.blocks(str(src), blocksize=block, dtype="float32", always_2d=True):
+                    x = check_signal(x.mean(axis=1), f"{src}")
+                    y = self.process(to_int16(np.clip(x, -1, 1)))
+                    out.write(y)
+                    total += len(y)
+                    bar.update(len(x))
+                y = self.flush()
+                out.write(y)
+                total += len(y)
+        if info.frames == 0:
+            raise AudioError(f"{src}: no samples")
+        self.reset()
+        atomic_write(dst, write)
+        return total
+
+
 def enhance_cli(src: str, dst: str, model: str, stream: bool = False, hop_ms: float = 16.0, threads: int = 1) -> None:
     enh = Enhancer.from_file(model, threads, hop_ms=hop_ms)
     notes: list[str] = []
     if Path(dst).resolve() == Path(src).resolve():
         raise AudioError("output would overwrite the input; choose another -o")
-    enh.enhance_file(src, dst, stream=stream, notes=notes)
+    if stream:
+        enh.stream_file(src, dst, notes=notes)
+    else:
+        enh.enhance_file(src, dst, notes=notes)
     for n in notes:
         print(f"note: {n}")
     mode = "streaming (" + ("causal, exact" if enh.causal else "blocks") + ")" if stream else "offline"

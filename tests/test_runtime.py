@@ -143,3 +143,24 @@ def test_stdio_streaming(demo_tflite):
     assert res.returncode == 0
     out = np.frombuffer(res.stdout, np.int16)
     assert np.array_equal(out, Enhancer.from_file(demo_tflite[0]).enhance(pcm))
+
+
+def test_stream_file_constant_memory_path_equals_offline(tmp_path, demo_step, demo_onnx):
+    noisy, _ = noisy_clean_pairs()[2]
+    pcm, _ = sf.read(noisy, dtype="int16")
+    long = np.tile(pcm, 3)
+    src = tmp_path / "long.wav"
+    sf.write(src, long, 16000, subtype="PCM_16")
+    n = Enhancer.from_file(demo_step["onnx"]).stream_file(src, tmp_path / "out.wav", block_s=0.37)
+    out, _ = sf.read(tmp_path / "out.wav", dtype="int16")
+    assert n == len(long) and np.array_equal(out, Enhancer.from_file(demo_onnx).enhance(long))
+
+
+def test_stream_file_nan_leaves_no_output(tmp_path, demo_step):
+    src = tmp_path / "nan.wav"
+    x = np.zeros(40000, np.float32)
+    x[30000] = np.nan
+    sf.write(src, x, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="NaN"):
+        Enhancer.from_file(demo_step["tflite"]).stream_file(src, tmp_path / "out.wav")
+    assert list(tmp_path.iterdir()) == [src]
