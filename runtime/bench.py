@@ -33,7 +33,8 @@ def measure(model: str, threads: int, seconds: float, stream: bool, hop_ms: floa
     enh = Enhancer.from_file(model, threads, hop_ms=hop_ms)
     res: dict[str, Any] = {"model": model, "threads": threads, "audio_s": seconds,
                            "size_bytes": Path(model).stat().st_size, "quantized": bool(enh.meta.get("quantized")),
-                           "norm_type": enh.meta.get("norm_type"), "causal": enh.causal}
+                           "norm_type": enh.meta.get("norm_type"), "causal": enh.causal,
+                           "kernels": getattr(enh.be, "kernels", "onnxruntime")}
     if not stream:
         pcm = to_int16(_signal(seconds, enh.sr))
         enh.enhance(pcm[: enh.sr])  # warm-up
