@@ -57,13 +57,15 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
                           "s_per_s_audio_1thread": measure(str(path), 1, 4.0, False, 16.0)["s_per_s_audio"]}
         curves[label] = snr_curve(fn, rows, desc=label)
     plot_curves(curves, out / "si_snr_vs_input_snr.png", title=f"output SI-SNR vs input SNR ({len(rows)} test mixtures)")
+    has_pesq = all("pesq" in r for r in systems.values())
     lines = [f"# FQSE report\n", f"Config `{yaml}`, test split `{conf['dataset']['test_dir']}` ({len(rows)} mixtures).\n",
-             "| system | SI-SNR | SI-SNRi | SDR | STOI | size (KB) | s per s audio (1 thread) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| system | SI-SNR | SI-SNRi | SDR | STOI |" + (" PESQ |" if has_pesq else "") + " size (KB) | s per s audio (1 thread) |",
+             "|---|---:|---:|---:|---:|" + ("---:|" if has_pesq else "") + "---:|---:|"]
     for name, r in systems.items():
         size = f"{r['size_kb']:.0f}" if "size_kb" in r else ""
         speed = f"{r['s_per_s_audio_1thread']:.4f}" if "s_per_s_audio_1thread" in r else ""
-        lines.append(f"| {name} | {r['si_snr']:.2f} | {r['si_snri']:.2f} | {r['sdr']:.2f} | {r['stoi']:.3f} | {size} | {speed} |")
+        pesq = f" {r['pesq']:.2f} |" if has_pesq else ""
+        lines.append(f"| {name} | {r['si_snr']:.2f} | {r['si_snri']:.2f} | {r['sdr']:.2f} | {r['stoi']:.3f} |{pesq} {size} | {speed} |")
     snrs = sorted(next(iter(curves.values())))
     lines += ["", "Output SI-SNR (dB) by input SNR (each test mixture re-mixed at that SNR):", "",
               "| system | " + " | ".join(f"{s:+.0f} dB" for s in snrs) + " |", "|---|" + "---:|" * len(snrs)]

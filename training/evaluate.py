@@ -57,6 +57,11 @@ def _read(path: str) -> np.ndarray:
 def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval") -> dict[str, float]:
     """Mean SI-SNR, SI-SNRi, SDR and STOI over the rows (whole utterances)."""
     acc: dict[str, list[float]] = {"si_snr": [], "si_snri": [], "sdr": [], "stoi": []}
+    try:  # PESQ only where the (optional, compiled) `pesq` package is installed
+        from pesq import pesq as wb_pesq
+        acc["pesq"] = []
+    except ImportError:
+        wb_pesq = None
     for r in tqdm(rows, desc=desc, leave=False):
         mix, clean = _read(r["mixture_path"]), _read(r["source_1_path"])
         est = fn(mix)
@@ -65,6 +70,8 @@ def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval") -> dict[
         acc["si_snri"].append(s - si_snr(mix, clean))
         acc["sdr"].append(snr(est, clean))
         acc["stoi"].append(stoi(est, clean, sr))
+        if wb_pesq is not None:
+            acc["pesq"].append(float(wb_pesq(sr, clean, est, "wb")))
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
