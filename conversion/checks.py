@@ -19,14 +19,16 @@ from runtime import pipeline, qmath
 from runtime.audio import read_audio, to_int16
 
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration_data"
-# Bounds (dB of the combined output against the fake-quant torch model).
-MIN_SNR_TF_GRAPH = 40.0
-# TFLite's int8 kernels round values within ~0.003 LSB of a tie differently from exact arithmetic
-# (0.2 % of the first conv's outputs here, also with its reference kernels; upstream: tensorflow
-# issues 99072, 104605), and those 1-LSB flips cascade through the TCN. Measured 27-29 dB on the demo
-# model (24.3 dB at worst on the shipped samples), so the conversion fails below 20 dB; quality vs
-# clean is unchanged (tests/test_tflite.py bounds the SI-SNR difference).
-MIN_SNR_TFLITE_INT8 = 20.0
+# Bounds, dB of the combined output against the torch model.
+# The lowering itself is checked without quantization, where both sides are float: >= 60 dB.
+# With int8 rounding, values within ~0.003 LSB of a tie round one way in the fake-quant model and
+# the other way in TF's FakeQuant graph or TFLite's kernels (0.2 % of the first conv's outputs in
+# TFLite, optimized and reference kernels alike; upstream: tensorflow issues 99072, 104605), and
+# these 1-LSB flips cascade through the TCN: measured 26.6 dB (demo model, worst shipped sample)
+# and 21.6 dB (random full-size model). So the int8 stages fail only below 15 dB, which still
+# catches a wrong lowering (~0 dB); tests bound the quality against clean speech instead.
+MIN_SNR_TF_GRAPH = 15.0
+MIN_SNR_TFLITE_INT8 = 15.0
 MIN_SNR_FLOAT = 60.0
 
 
@@ -72,20 +74,50 @@ def check_integer(g: Graph, raw: bytes, what: str) -> dict[str, Any]:
     return report
 
 
+def _run_tf(g: Graph, x: np.ndarray) -> np.ndarray:
+    """The TF graph (any length) on a model input; outputs in the model's units."""
+    fn = tf_function(g, length=None)
+    tf_in = (x.astype(np.float32) * (qmath.IO_SCALE if x.dtype == np.int8 else 1.0)).T[None, None]
+    outs = fn(tf_in)
+    y = np.stack([outs[f"o{i:03d}"].numpy().reshape(-1) for i in range(len(g.outputs))])
+    return np.round(y / qmath.IO_SCALE).astype(np.int8) if x.dtype == np.int8 else y
+
+
+def _float_lowering_snr(model: Any, x: np.ndarray) -> float:
+    """SNR of the TF graph built with quantization off against the torch model with quantizers off,
+    on the same (splitter) input: checks the lowering itself, free of int8 rounding."""
+    import copy
+    import torch
+    from conversion.graph import build_graph
+    from conversion.parity import to_wave
+    from runtime.metrics import snr
+    from training.quant import ActQuant, WeightQuant
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
+        if isinstance(m, (ActQuant, WeightQuant)):
+            m.enabled = False
+    g = build_graph(plain, quantized=False)
+    xf = (x.astype(np.float32) * qmath.IO_SCALE)
+    with torch.no_grad():
+        ref = np.stack([o[0, 0].numpy() for o in plain.eval()(torch.from_numpy(xf)[None])])
+    return snr(to_wave(_run_tf(g, xf), g.meta), to_wave(ref, g.meta))
+
+
 def check_tflite(model: Any, g: Graph, raw: bytes, pcm: np.ndarray | None = None) -> dict[str, Any]:
     """Run all checks; returns the measured figures."""
     from runtime.backends import TfliteBackend
     pcm = check_audio(g.meta["sample_rate"]) if pcm is None else pcm
     x = pipeline.pre(pcm, g.meta)
     ref = torch_outputs(model, x)
-    # Stage 1: the TF graph itself.
-    fn = tf_function(g, length=None)
-    tf_in = (x.astype(np.float32) * (qmath.IO_SCALE if x.dtype == np.int8 else 1.0)).T[None, None]
-    outs = fn(tf_in)
-    y_tf = np.stack([outs[f"o{i:03d}"].numpy().reshape(-1) for i in range(len(g.outputs))])
-    if x.dtype == np.int8:
-        y_tf = np.round(y_tf / qmath.IO_SCALE).astype(np.int8)
-    report: dict[str, Any] = {"tf_graph": compare(ref, y_tf, g.meta)}
+    # Stage 1: the TF graph itself, (a) without quantization: the lowering alone, to float precision;
+    # (b) with its FakeQuant ops against the fake-quant model (rounding-tie flips cascade, see above).
+    report: dict[str, Any] = {}
+    if g.quantized:
+        report["tf_graph_float"] = {"snr_db": _float_lowering_snr(model, x)}
+        if report["tf_graph_float"]["snr_db"] < MIN_SNR_FLOAT:
+            raise ConversionError(f"float TF graph disagrees with the float torch model: "
+                                  f"{report['tf_graph_float']['snr_db']:.1f} dB < {MIN_SNR_FLOAT} dB")
+    report["tf_graph"] = compare(ref, _run_tf(g, x), g.meta)
     bound = MIN_SNR_TF_GRAPH if g.quantized else MIN_SNR_FLOAT
     if report["tf_graph"]["snr_db"] < bound:
         raise ConversionError(f"TF graph disagrees with the torch model: {report['tf_graph']['snr_db']:.1f} dB < {bound} dB")

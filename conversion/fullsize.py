@@ -20,6 +20,7 @@ from conversion.tflite_export import convert_tflite
 from runtime.bench import measure_isolated
 from training import checkpoint
 from training.model import ConvTasNet, ModelConfig, enhance
+from training.quant import ActQuant
 
 
 def make_model(norm: str, quantize: bool, path: Path) -> Path:
@@ -30,6 +31,13 @@ def make_model(norm: str, quantize: bool, path: Path) -> Path:
     with torch.no_grad():
         for _ in range(3 if quantize else 1):  # observe activation ranges (and BN statistics)
             enhance(model, (torch.rand(1, 16000) - 0.5) * 0.5)
+        # A random network's residual branch is near-silent, which gives degenerate ranges and
+        # requantization multipliers above 256 that XNNPACK rejects; a trained model has none (the
+        # demo model's largest is 2.8). Widen every range to at least [-0.05, 0.05] as a trained one.
+        for q in model.modules():
+            if isinstance(q, ActQuant) and q.fixed is None:
+                q.min.clamp_(max=-0.05)
+                q.max.clamp_(min=0.05)
     checkpoint.save(path, model)
     return path
 

@@ -61,8 +61,19 @@ def measure(model: str, threads: int, seconds: float, stream: bool, hop_ms: floa
         res.update(hop_ms=1000 * hop_s, hop_median_ms=1000 * float(np.median(per_hop)),
                    hop_p99_ms=1000 * float(np.percentile(per_hop, 99)), rtf=float(np.sum(per_hop)) / seconds,
                    latency_ms=1000 * enh.latency_samples / enh.sr)
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_rss_mb"] = peak_rss_mb()
     return res
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss would carry a parent's peak over exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure_isolated(model: str, threads: int, seconds: float, stream: bool, hop_ms: float) -> dict[str, Any]:

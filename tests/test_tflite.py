@@ -24,6 +24,7 @@ def test_fully_integer_with_int8_io(demo_tflite):
     assert be.inp["quantization"] == (1 / 128, 0)
     assert "QUANTIZE" not in rep["ops"] and "DEQUANTIZE" not in rep["ops"]
     assert report["fully_integer"] and report["qat_scales_kept"]
+    assert report["tf_graph_float"]["snr_db"] >= 60  # the lowering itself, free of int8 rounding
 
 
 def test_qat_scales_kept_tensor_by_tensor(demo_tflite, demo_ckpt):
