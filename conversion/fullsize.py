@@ -73,10 +73,20 @@ def main(argv: list[str] | None = None) -> dict:
         if norm == "BN":
             r["convert_tflite_float_s"] = time.time() - t
             models["tflite_float"] = out / f"float_{norm}.tflite"
+        if norm == "BN":
+            t = time.time()
+            convert_tflite(q, out / f"fqse_{norm}_int8_step16ms.tflite", step_frames=16)
+            r["convert_tflite_step_s"] = time.time() - t
+            for threads in (1, 2):
+                m = measure_isolated(str(out / f"fqse_{norm}_int8_step16ms.tflite"), threads, 10.0, True, 16.0)
+                r[f"stream_step_{threads}thread"] = {k: m[k] for k in ("hop_ms", "hop_median_ms", "hop_p99_ms", "rtf",
+                                                                        "latency_ms", "peak_rss_mb", "kernels")}
+                print(f"{norm} step model, {threads} thread(s): 16 ms hop, median {m['hop_median_ms']:.2f} ms, "
+                      f"p99 {m['hop_p99_ms']:.2f} ms")
         for name, path in models.items():
             m = measure_isolated(str(path), 1, a.seconds, False, 16.0)
             r[name] = {"s_per_s_audio": m["s_per_s_audio"], "size_mb": m["size_bytes"] / 2 ** 20,
-                       "peak_rss_mb": m["peak_rss_mb"]}
+                       "peak_rss_mb": m["peak_rss_mb"], "kernels": m["kernels"]}
             print(f"{norm} {name:<12} {m['s_per_s_audio']:.4f} s per s of audio, {m['size_bytes'] / 2**20:.1f} MB")
         results[norm] = r
     (out / "fullsize.json").write_text(json.dumps(results, indent=1, default=float))
