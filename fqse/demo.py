@@ -28,7 +28,8 @@ def _plot(noisy: np.ndarray, enhanced: np.ndarray, clean: np.ndarray, sr: int, p
         axes[row, 0].plot(t, x, lw=0.4)
         axes[row, 0].set_ylabel(name, fontsize=8)
         axes[row, 0].set_ylim(-1, 1)
-        axes[row, 1].specgram(x + 1e-9, NFFT=512, Fs=sr, noverlap=384, cmap="magma", vmin=-140)
+        with np.errstate(divide="ignore"):  # digital silence in the clean reference
+            axes[row, 1].specgram(x + 1e-9, NFFT=512, Fs=sr, noverlap=384, cmap="magma", vmin=-140)
     axes[2, 0].set_xlabel("time (s)")
     axes[2, 1].set_xlabel("time (s)")
     fig.tight_layout()

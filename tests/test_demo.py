@@ -1,0 +1,23 @@
+"""`fqse demo`: the README's main job, end to end on the committed model and samples."""
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_fqse
+
+KEYS = {"si_snr_noisy", "si_snr_float", "si_snr_fakequant", "si_snr_onnx_int8", "si_snr_tflite_int8", "parity_onnx_db",
+        "parity_tflite_db", "tflite_fully_integer", "tflite_path", "onnx_path", "rtf_tflite_int8", "rtf_tflite_float",
+        "rtf_onnx_int8"}
+
+
+def test_demo_summary(tmp_path):
+    res = run_fqse("demo", "--out", str(tmp_path / "demo"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert KEYS <= set(s)
+    assert s["tflite_fully_integer"] is True and s["streaming_bit_exact"] is True
+    assert s["si_snr_tflite_int8"] > s["si_snr_noisy"] + 6.0  # the demo model improves SI-SNR by > 6 dB
+    assert abs(s["si_snr_tflite_int8"] - s["si_snr_fakequant"]) < 0.1
+    assert "FQSE TFLite int8 (stream)" in res.stdout
+    assert (tmp_path / "demo" / "demo.png").stat().st_size > 50_000
+    assert len(list((tmp_path / "demo").glob("*_enhanced.wav"))) == 6
