@@ -51,12 +51,6 @@ def compare(ref: np.ndarray, got: np.ndarray, meta: dict[str, Any]) -> dict[str,
     return res
 
 
-def parity_on_pcm(model: ConvTasNet, backend: Any, pcm: np.ndarray) -> dict[str, Any]:
-    meta = backend.meta
-    x = pipeline.pre(pcm, meta)
-    return compare(torch_outputs(model, x), backend.run(x), meta)
-
-
 def per_layer_onnx(model: ConvTasNet, onnx_path: str | Path, x: np.ndarray, tol_lsb: int = 1) -> list[dict[str, Any]]:
     """Every QAT-quantized tensor of the ONNX model (as int8 codes) against the fake-quant torch model,
     in graph order; the first entry over `tol_lsb` is where they diverge."""

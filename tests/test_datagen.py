@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 
 import numpy as np
 import soundfile as sf
@@ -52,9 +53,7 @@ def test_deterministic(tmp_path):
 
 
 def test_missing_generator_is_one_line_error(tmp_path):
-    env = dict(os.environ, PATH=str(tmp_path))  # no espeak-ng on PATH
-    import sys
-    env["PATH"] = os.path.dirname(sys.executable)
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # python only: no espeak-ng on PATH
     res = run_fqse("data", "--preset", "tiny", "--out", str(tmp_path / "d"), env=env)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "espeak-ng not found" in res.stderr

@@ -1,10 +1,9 @@
-"""Quality metrics: the differentiable SI-SNR for training, STOI; numpy ones come from runtime."""
+"""Quality metrics for training and evaluation: differentiable SI-SNR and SNR, STOI (numpy SI-SNR/SNR: runtime.metrics)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from runtime.metrics import si_snr, snr  # noqa: F401  (re-exported)
 
 
 def si_snr_torch(est: torch.Tensor, ref: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
