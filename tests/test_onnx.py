@@ -58,11 +58,11 @@ def test_parity_with_fake_quant(demo_onnx, demo_ckpt):
         pcm = to_int16(read_audio(noisy, 16000)[0])
         x = pipeline.pre(pcm, be.meta)
         r = compare(torch_outputs(model, x), be.run(x), be.meta)
-        # Measured on the demo model: 41.0 ... 215 dB (exact). QLinearConv rounds a few values within
+        # Measured on the demo model: 46.0 ... 67.7 dB. QLinearConv rounds a few values within
         # ~0.003 LSB of a tie the other way than float32 fake-quant, and such flips cascade. y0 stays
         # within 1 LSB; y1 (weighted 1/256) then moves by up to its full range to compensate a flipped
         # y0 LSB, as the residual block is meant to, so it is judged through the combined output.
-        assert r["snr_db"] >= 38.0
+        assert r["snr_db"] >= 42.0
         assert r["within_1lsb"][0] >= 0.999
 
 

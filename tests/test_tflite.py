@@ -47,7 +47,7 @@ def test_parity_with_fake_quant(demo_tflite, demo_ckpt):
         ref = read_audio(clean, 16000)[0]
         x = pipeline.pre(pcm, be.meta)
         y_fq, y_tfl = torch_outputs(model, x), be.run(x)
-        # bound from measurement (24.3 dB at worst): see conversion/checks.py on TFLite's rounding
+        # bound from measurement (28.4 dB at worst): see conversion/checks.py on TFLite's rounding
         assert compare(y_fq, y_tfl, be.meta)["snr_db"] >= 22.0
         diffs.append(si_snr(pipeline.post(y_tfl, len(pcm), be.meta) / 32768, ref)
                      - si_snr(pipeline.post(y_fq, len(pcm), be.meta) / 32768, ref))
