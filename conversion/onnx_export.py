@@ -49,6 +49,23 @@ class _Builder:
         return self.node("DequantizeLinear", [q, s, z], name)
 
 
+def _i64(*v: int) -> np.ndarray:
+    return np.array(v, np.int64)
+
+
+def _frame_halves(b: _Builder, frames: str, raw: str, s: int) -> tuple[str, str]:
+    """Decoder frames [1, 2s, F] -> their first and second halves [1, s, F]."""
+    first = b.node("Slice", [frames, b.const(raw + "_s0", _i64(0)), b.const(raw + "_e0", _i64(s)), b.const(raw + "_ax", _i64(1))], raw + "_first")
+    second = b.node("Slice", [frames, b.const(raw + "_s1", _i64(s)), b.const(raw + "_e1", _i64(2 * s)), raw + "_ax"], raw + "_second")
+    return first, second
+
+
+def _frames_to_samples(b: _Builder, blocks: str, raw: str) -> None:
+    """[1, s, F] blocks of samples -> [1, 1, F*s] waveform named raw."""
+    t = b.node("Transpose", [blocks], raw + "_t", perm=[0, 2, 1])
+    b.node("Reshape", [t, b.const(raw + "_shape", _i64(1, 1, -1))], raw)
+
+
 def _emit(b: _Builder, op: Op, quantized: bool) -> None:
     x = op.inputs[0]
     raw = op.output + "_f"
@@ -92,29 +109,20 @@ def _emit(b: _Builder, op: Op, quantized: bool) -> None:
     elif op.kind == "concat_t":
         b.node("Concat", op.inputs, raw, axis=2)
     elif op.kind == "slice":
-        i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
         big = np.iinfo(np.int64).max
         (c0, c1), (t0, t1) = a.get("ch", (0, None)), a.get("t", (0, None))
-        b.node("Slice", [x, b.const(raw + "_st", i64(c0, t0)), b.const(raw + "_en", i64(big if c1 is None else c1, big if t1 is None else t1)),
-                         b.const(raw + "_axes", i64(1, 2))], raw)
-    elif op.kind == "ola_step":
-        s = a["stride"]
-        i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
-        first = b.node("Slice", [x, b.const(raw + "_s0", i64(0)), b.const(raw + "_e0", i64(s)), b.const(raw + "_ax", i64(1))], raw + "_first")
-        second = b.node("Slice", [x, b.const(raw + "_s1", i64(s)), b.const(raw + "_e1", i64(2 * s)), raw + "_ax"], raw + "_second")
+        b.node("Slice", [x, b.const(raw + "_st", _i64(c0, t0)), b.const(raw + "_en", _i64(big if c1 is None else c1, big if t1 is None else t1)),
+                         b.const(raw + "_axes", _i64(1, 2))], raw)
+    elif op.kind == "ola_step":  # second halves shifted by one frame, the first from the state
+        first, second = _frame_halves(b, x, raw, a["stride"])
         cat = b.node("Concat", [op.inputs[1], second], raw + "_cat", axis=2)
-        shifted = b.node("Slice", [cat, b.const(raw + "_s2", i64(0)), b.const(raw + "_e2", i64(-1)), b.const(raw + "_ax2", i64(2))], raw + "_shift")
-        t = b.node("Transpose", [b.node("Add", [first, shifted], raw + "_sum")], raw + "_t", perm=[0, 2, 1])
-        b.node("Reshape", [t, b.const(raw + "_shape", i64(1, 1, -1))], raw)
-    elif op.kind == "ola":
-        s = a["stride"]
-        i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
-        first = b.node("Slice", [x, b.const(raw + "_s0", i64(0)), b.const(raw + "_e0", i64(s)), b.const(raw + "_ax", i64(1))], raw + "_first")
-        second = b.node("Slice", [x, b.const(raw + "_s1", i64(s)), b.const(raw + "_e1", i64(2 * s)), raw + "_ax"], raw + "_second")
-        pa = b.node("Pad", [first, b.const(raw + "_pa", i64(0, 0, 0, 0, 0, 1))], raw + "_fa")
-        pb = b.node("Pad", [second, b.const(raw + "_pb", i64(0, 0, 1, 0, 0, 0))], raw + "_fb")
-        t = b.node("Transpose", [b.node("Add", [pa, pb], raw + "_sum")], raw + "_t", perm=[0, 2, 1])
-        b.node("Reshape", [t, b.const(raw + "_shape", i64(1, 1, -1))], raw)
+        shifted = b.node("Slice", [cat, b.const(raw + "_s2", _i64(0)), b.const(raw + "_e2", _i64(-1)), b.const(raw + "_ax2", _i64(2))], raw + "_shift")
+        _frames_to_samples(b, b.node("Add", [first, shifted], raw + "_sum"), raw)
+    elif op.kind == "ola":  # second halves shifted by one frame, zeros first
+        first, second = _frame_halves(b, x, raw, a["stride"])
+        pa = b.node("Pad", [first, b.const(raw + "_pa", _i64(0, 0, 0, 0, 0, 1))], raw + "_fa")
+        pb = b.node("Pad", [second, b.const(raw + "_pb", _i64(0, 0, 1, 0, 0, 0))], raw + "_fb")
+        _frames_to_samples(b, b.node("Add", [pa, pb], raw + "_sum"), raw)
     else:
         raise ValueError(f"unknown op {op.kind}")
 
