@@ -8,8 +8,19 @@ from pathlib import Path
 
 
 def _data(a: argparse.Namespace) -> None:
-    from training.datagen import generate
-    root = generate(a.out, a.preset, a.seed, show_progress=not a.quiet)
+    from training.datagen import DataGenError, generate
+    sources = [x.strip() for x in a.source.split(",") if x.strip()]
+    bad = [x for x in sources if x not in ("debian", "espeak")]
+    if bad or not sources:
+        raise DataGenError(f"--source {a.source!r}: use debian, espeak or debian,espeak")
+    if "debian" in sources:
+        from training.realdata import DEFAULT_PACKAGES, build
+        packages = tuple(a.packages.split(",")) if a.packages else DEFAULT_PACKAGES
+        root = build(a.out, packages, a.cache, a.max_clips, a.copies, espeak_share=0.25 if "espeak" in sources else 0,
+                     seed=a.seed, show_progress=not a.quiet, overwrite=a.overwrite)
+        print(f"wrote real-speech LibriMix-layout set under {root} (licenses: {Path(a.out) / 'README.md'})")
+        return
+    root = generate(a.out, a.preset, a.seed, show_progress=not a.quiet, overwrite=a.overwrite)
     print(f"wrote LibriMix-layout set ({a.preset}) under {root}")
 
 
@@ -82,9 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("data", help="make an offline LibriMix-layout speech set")
-    s.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    s.add_argument("--source", default="espeak", help="espeak (synthesized), debian (real recordings from Debian "
+                   "packages) or debian,espeak")
+    s.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="size of the espeak-only set")
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--cache", help="debian: where packages are downloaded and decoded (default OUT/../debian-cache)")
+    s.add_argument("--packages", help="debian: comma-separated package subset (default: all speech and noise "
+                   "packages)")
+    s.add_argument("--max-clips", type=int, help="debian: at most this many clips per talker / noise category")
+    s.add_argument("--copies", type=int, default=2, help="debian: mixtures per training utterance")
+    s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_data)
 

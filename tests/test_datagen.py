@@ -65,3 +65,17 @@ def test_unwritable_folder_is_one_line_error(tmp_path):
     res = run_fqse("data", "--preset", "tiny", "--out", str(ro))
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "cannot write" in res.stderr
+
+
+def test_rerun_into_non_empty_folder_is_refused_then_replaced_whole(tmp_path):
+    from training.datagen import generate
+    root = generate(tmp_path / "d", "tiny", seed=1, show_progress=False)
+    stale = root / "train" / "s1" / "stale.wav"
+    stale.write_bytes(b"x")
+    res = run_fqse("data", "--preset", "tiny", "--seed", "2", "--out", str(tmp_path / "d"))
+    assert res.returncode == 2 and "not empty" in res.stderr and "--overwrite" in res.stderr
+    assert stale.exists()  # nothing touched
+    res = run_fqse("data", "--preset", "tiny", "--seed", "2", "--out", str(tmp_path / "d"), "--overwrite", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert not stale.exists()  # the old set was replaced whole, not merged
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]  # no staging folder left behind

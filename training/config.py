@@ -17,7 +17,8 @@ DEFAULTS: dict[str, Any] = {
     "dataset": {"train_dir": None, "valid_dir": None, "test_dir": None, "sample_rate": 16000,
                 "segment": 3.0, "augmentation": {"enabled": False, "param0": -6.0, "param1": 18.0}},
     "training": {"pretrained": None, "epochs": 80, "batch_size": 6, "lr": 1e-3, "lr_patience": 5,
-                 "early_stop": 30, "clip_grad": 5.0, "loss": "snr", "max_steps_per_epoch": None, "num_workers": 0},
+                 "early_stop": 30, "clip_grad": 5.0, "loss": "snr", "max_steps_per_epoch": None, "num_workers": 0,
+                 "max_valid": None},
 }
 MODEL_KEYS = {"n_filters", "kernel_size", "bn_chan", "hid_chan", "skip_chan", "conv_kernel_size",
               "n_blocks", "n_repeats", "norm_type", "causal", "sample_rate", "n_splitter", "n_combiner"}

@@ -138,63 +138,123 @@ def rms_db(x: np.ndarray) -> float:
     return float(10 * np.log10(np.mean(np.asarray(x, dtype=np.float64) ** 2) + 1e-20))
 
 
-def generate(out: str | os.PathLike, preset: str = "tiny", seed: int = 0, show_progress: bool = True) -> Path:
-    """Write the set under OUT/wav16k/min; returns that folder."""
+def mix_at(s: np.ndarray, noise: np.ndarray, rng: np.random.Generator,
+           snr_range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int16 (mixture, speech, noise) with mixture == speech + noise exactly.
+
+    Speech RMS U[-33, -25] dBFS (LibriMix-like); noise at U[-38, -30] dBFS, or at an SNR drawn from `snr_range`.
+    """
+    s = s * 10 ** ((rng.uniform(-33, -25) - rms_db(s)) / 20)
+    level = rng.uniform(-38, -30) if snr_range is None else rms_db(s) - rng.uniform(*snr_range)
+    noise = noise * 10 ** ((level - rms_db(noise)) / 20)
+    peak = np.max(np.abs(s + noise))
+    if peak > 0.9:
+        s, noise = s * 0.9 / peak, noise * 0.9 / peak
+    s16 = np.round(s * 32768).astype(np.int16)
+    n16 = np.round(noise * 32768).astype(np.int16)
+    return (s16.astype(np.int32) + n16).astype(np.int16), s16, n16
+
+
+class SetWriter:
+    """Writes a LibriMix-layout set into a staging folder that replaces OUT whole on `commit()`.
+
+    A non-empty OUT is refused unless `overwrite`; a failed build leaves OUT as it was.
+    """
+
+    def __init__(self, out: str | os.PathLike, overwrite: bool = False):
+        self.out = Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise DataGenError(f"cannot write to {self.out}: not a folder")
+        if self.out.exists() and any(self.out.iterdir()) and not overwrite:
+            raise DataGenError(f"{self.out} is not empty: choose another --out or pass --overwrite")
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        except OSError as exc:
+            raise DataGenError(f"cannot write to {self.out}: {exc.strerror}") from None
+        self.root = self.stage / "wav16k" / "min"
+        self.rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
+
+    def add(self, split: str, mix: np.ndarray, s16: np.ndarray, n16: np.ndarray, **info) -> None:
+        """One mixture (int16 arrays from `mix_at`) with its CSV columns."""
+        mid = f"{split}_{len(self.rows[split]):05d}"
+        rel = {k: f"{split}/{k}/{mid}.wav" for k in ("mix_single", "s1", "noise")}
+        for k, x in zip(rel, (mix, s16, n16)):
+            write_audio(self.root / rel[k], x, SAMPLE_RATE)
+        self.rows[split].append({"mixture_ID": mid, "mixture_path": rel["mix_single"], "source_1_path": rel["s1"],
+                                 "noise_path": rel["noise"], "length": len(mix),
+                                 "snr_db": f"{rms_db(s16) - rms_db(n16):.4f}", **info})
+
+    def commit(self, readme: str | None = None) -> Path:
+        """Write the CSVs (and README), then swap the staging folder in place of OUT."""
+        (self.root / "metadata").mkdir(parents=True, exist_ok=True)
+        for split, rows in self.rows.items():
+            if not rows:
+                raise DataGenError(f"the {split} split would be empty")
+            fields = list(dict.fromkeys(k for r in rows for k in r))
+            with open(self.root / "metadata" / f"mixture_{split}_mix_single.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(rows)
+        if readme:
+            (self.stage / "README.md").write_text(readme)
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.out, old)
+            os.replace(self.stage, self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.stage, self.out)
+        return self.out / "wav16k" / "min"
+
+    def abort(self) -> None:
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+
+def espeak_utterances(split: str, n: int, seed: int, taken: set[str], extra: int = 0,
+                      show_progress: bool = True) -> list[tuple]:
+    """n synthesized utterances of a split: (audio, voice, pitch, rate, text).
+
+    Voices come from the split's own voice set; texts avoid `taken` (updated), so splits share neither.
+    """
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    texts = sentences(rng, n, taken, extra)
+    voices = voice_split(seed)[split]
+    out = []
+    for i in tqdm(range(n), desc=f"espeak {split}", disable=not show_progress):
+        voice = str(rng.choice(voices))
+        pitch, rate = int(rng.integers(20, 80)), int(rng.integers(130, 200))
+        out.append((synthesize(texts[i], voice, pitch, rate), voice, pitch, rate, texts[i]))
+    return out
+
+
+def generate(out: str | os.PathLike, preset: str = "tiny", seed: int = 0, show_progress: bool = True,
+             overwrite: bool = False) -> Path:
+    """Write the synthetic set under OUT/wav16k/min; returns that folder."""
     if preset not in PRESETS:
         raise DataGenError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    check_espeak()
+    cfg = PRESETS[preset]
+    writer = SetWriter(out, overwrite)
+    try:
+        taken: set[str] = set()
+        for si, split in enumerate(SPLITS):
+            n = cfg.n_utts[split]
+            utts = espeak_utterances(split, n, seed, taken, cfg.n_words_extra, show_progress)
+            rng = np.random.default_rng([seed, si, 1])
+            for i, (s, voice, pitch, rate, text) in enumerate(utts):
+                kind = NOISE_TYPES[i % len(NOISE_TYPES)] if n < 4 * len(NOISE_TYPES) else str(rng.choice(NOISE_TYPES))
+                others = [u[0] for j, u in enumerate(utts) if j != i] or [colored_noise(rng, len(s), 1.0)]
+                mix, s16, n16 = mix_at(s, make_noise(kind, rng, len(s), others), rng)
+                writer.add(split, mix, s16, n16, noise_type=kind, generator="espeak-ng", voice=voice, pitch=pitch,
+                           rate=rate, text=text)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def check_espeak() -> None:
     if shutil.which("espeak-ng") is None:
         raise DataGenError("espeak-ng not found: install it (apt-get install espeak-ng)")
-    root = Path(out) / "wav16k" / "min"
-    try:
-        (root / "metadata").mkdir(parents=True, exist_ok=True)
-        probe = root / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise DataGenError(f"cannot write to {out}: {exc.strerror}") from None
-    cfg = PRESETS[preset]
-    voices = voice_split(seed)
-    taken: set[str] = set()
-    for si, split in enumerate(SPLITS):
-        rng = np.random.default_rng([seed, si])
-        n = cfg.n_utts[split]
-        texts = sentences(rng, n, taken, cfg.n_words_extra)
-        for sub in ("mix_single", "s1", "noise"):
-            (root / split / sub).mkdir(parents=True, exist_ok=True)
-        speech, info = [], []
-        for i in tqdm(range(n), desc=f"speech {split}", disable=not show_progress):
-            voice = str(rng.choice(voices[split]))
-            pitch, rate = int(rng.integers(20, 80)), int(rng.integers(130, 200))
-            speech.append(synthesize(texts[i], voice, pitch, rate))
-            info.append((voice, pitch, rate, texts[i]))
-        rows = []
-        for i in range(n):
-            s = speech[i]
-            kind = NOISE_TYPES[i % len(NOISE_TYPES)] if n < 4 * len(NOISE_TYPES) else str(rng.choice(NOISE_TYPES))
-            others = [speech[j] for j in range(n) if j != i] or [colored_noise(rng, len(s), 1.0)]
-            noise = make_noise(kind, rng, len(s), others)
-            # LibriMix-like levels: speech at U[-33, -25] dB, noise at U[-38, -30] dB (RMS, full scale 1).
-            s = s * 10 ** ((rng.uniform(-33, -25) - rms_db(s)) / 20)
-            noise = noise * 10 ** ((rng.uniform(-38, -30) - rms_db(noise)) / 20)
-            peak = np.max(np.abs(s + noise))
-            if peak > 0.9:
-                s, noise = s * 0.9 / peak, noise * 0.9 / peak
-            s16 = np.round(s * 32768).astype(np.int16)
-            n16 = np.round(noise * 32768).astype(np.int16)
-            m16 = (s16.astype(np.int32) + n16).astype(np.int16)
-            mid = f"{split}_{i:05d}"
-            rel = {k: f"{split}/{k}/{mid}.wav" for k in ("mix_single", "s1", "noise")}
-            write_audio(root / rel["mix_single"], m16, SAMPLE_RATE)
-            write_audio(root / rel["s1"], s16, SAMPLE_RATE)
-            write_audio(root / rel["noise"], n16, SAMPLE_RATE)
-            snr = rms_db(s16) - rms_db(n16)
-            voice, pitch, rate, text = info[i]
-            rows.append({"mixture_ID": mid, "mixture_path": rel["mix_single"], "source_1_path": rel["s1"],
-                         "noise_path": rel["noise"], "length": len(m16), "snr_db": f"{snr:.4f}",
-                         "noise_type": kind, "generator": "espeak-ng", "voice": voice, "pitch": pitch,
-                         "rate": rate, "text": text})
-        with open(root / "metadata" / f"mixture_{split}_mix_single.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    return root

@@ -97,6 +97,9 @@ def train(conf: dict, work_dir: str | Path | None = None, resume: bool = False, 
     snr_range = (float(aug["param0"]), float(aug["param1"])) if aug.get("enabled") else None
     train_ds = MixDataset(ds_conf["train_dir"], ds_conf["segment"], cfg.sample_rate, snr_range, seed)
     val_ds = MixDataset(ds_conf["valid_dir"], None, cfg.sample_rate)
+    if tr.get("max_valid"):  # a fixed, evenly spread subset of the dev split (validation time per epoch)
+        idx = np.linspace(0, len(val_ds.rows) - 1, min(int(tr["max_valid"]), len(val_ds.rows))).astype(int)
+        val_ds.rows = [val_ds.rows[i] for i in idx]
 
     model = ConvTasNet(cfg)
     if tr.get("pretrained"):
