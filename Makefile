@@ -9,15 +9,28 @@ $(VENV)/.installed: requirements.txt requirements-runtime.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: setup demo test espeak
+.PHONY: setup demo test espeak real-data train-real
 setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/fqse demo
 
-# The data generator's tests need espeak-ng (Debian package; installs offline from the mirror in seconds).
+# The data generators need espeak-ng (synthetic speech) and ffmpeg (G.722 prompts of the real-speech set);
+# both are Debian packages that install from the mirror in seconds.
 espeak:
-	@command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; }
+	@command -v espeak-ng >/dev/null && command -v ffmpeg >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq espeak-ng ffmpeg >/dev/null; }
+
+# The real-speech set (Debian packages, ~210 MB download, 2.5 GB written) and the three models of the shipped
+# demo, each resumable: re-running continues where a killed run stopped.
+real-data: setup espeak
+	test -f data/real/wav16k/min/metadata/mixture_test_mix_single.csv || \
+	  $(VENV)/bin/fqse data --source debian --out data/real --cache data/debian-cache
+
+train-real: real-data
+	$(VENV)/bin/fqse train -y configs/real_float.yml --resume
+	$(VENV)/bin/fqse train -y configs/real_fqse.yml --resume
+	$(VENV)/bin/fqse train -y configs/real_qat.yml --resume
 
 test: setup espeak
 	$(PY) -m pytest tests -q

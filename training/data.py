@@ -51,6 +51,17 @@ def read_rows(split_dir: str | Path) -> list[dict]:
     return rows
 
 
+def remix(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> tuple[np.ndarray, np.ndarray]:
+    """(mixture, clean) with the noise scaled to `snr_db`; both scaled down together if the peak exceeds 0.99.
+    The one definition of re-mixing: SNR augmentation and the SI-SNR-vs-input-SNR curve both use it."""
+    gain = np.sqrt(np.sum(clean ** 2) / (np.sum(noise ** 2) + 1e-12) / 10 ** (snr_db / 10))
+    mix = clean + gain * noise
+    peak = np.max(np.abs(mix))
+    if peak > 0.99:
+        mix, clean = mix * 0.99 / peak, clean * 0.99 / peak
+    return mix, clean
+
+
 class MixDataset(Dataset):
     """Yields (mixture, clean) float32 segments; with `snr_range`, re-mixes at a random SNR (FQSE)."""
 
@@ -85,12 +96,7 @@ class MixDataset(Dataset):
             mix = self._load(r["mixture_path"], start, stop)
         else:
             noise = self._load(r["noise_path"], start, stop)
-            snr = rng.uniform(*self.snr_range)
-            gain = np.sqrt(np.sum(clean ** 2) / (np.sum(noise ** 2) + 1e-12) / 10 ** (snr / 10))
-            mix = clean + gain * noise
-            peak = np.max(np.abs(mix))
-            if peak > 0.99:
-                mix, clean = mix * 0.99 / peak, clean * 0.99 / peak
+            mix, clean = remix(clean, noise, rng.uniform(*self.snr_range))
         if self.seg and len(clean) < self.seg:
             pad = self.seg - len(clean)
             clean, mix = np.pad(clean, (0, pad)), np.pad(mix, (0, pad))

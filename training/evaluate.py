@@ -14,12 +14,12 @@ from runtime.files import atomic_write
 from runtime.metrics import si_snr, snr
 from training.checkpoint import load_model
 from training.config import load_config, model_config
-from training.data import read_rows
+from training.data import read_rows, remix
 from training.metrics import stoi
 from training.model import ConvTasNet, enhance
 
 Enhance = Callable[[np.ndarray], np.ndarray]  # float waveform -> float waveform
-CURVE_SNRS = (-6, -3, 0, 3, 6, 9, 12, 15, 18)
+CURVE_SNRS = (-6, -3, 0, 3, 6, 9, 12, 15, 18, 24, 30)  # the paper's range, and up to near-clean input
 
 
 def torch_enhancer(model: ConvTasNet) -> Enhance:
@@ -54,8 +54,9 @@ def _read(path: str) -> np.ndarray:
     return sf.read(path, dtype="float32")[0]
 
 
-def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval") -> dict[str, float]:
-    """Mean SI-SNR, SI-SNRi, SDR and STOI over the rows (whole utterances)."""
+def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval", group: str | None = None) -> dict:
+    """Mean SI-SNR, SI-SNRi, SDR and STOI over the rows (whole utterances); with `group` (a CSV column such as
+    "talker"), also the mean SI-SNRi per value of that column under `si_snri_by_<group>`."""
     acc: dict[str, list[float]] = {"si_snr": [], "si_snri": [], "sdr": [], "stoi": []}
     try:  # PESQ only where the (optional, compiled) `pesq` package is installed
         from pesq import pesq as wb_pesq
@@ -72,22 +73,24 @@ def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval") -> dict[
         acc["stoi"].append(stoi(est, clean, sr))
         if wb_pesq is not None:
             acc["pesq"].append(float(wb_pesq(sr, clean, est, "wb")))
-    return {k: float(np.mean(v)) for k, v in acc.items()}
+    out: dict = {k: float(np.mean(v)) for k, v in acc.items()}
+    if group and all(group in r for r in rows):
+        keys = [r[group] for r in rows]
+        out[f"si_snri_by_{group}"] = {g: float(np.mean([v for k, v in zip(keys, acc["si_snri"]) if k == g]))
+                                      for g in sorted(set(keys))}
+    return out
 
 
-def snr_curve(fn: Enhance, rows: list[dict], snrs=CURVE_SNRS, desc: str = "curve") -> dict[float, float]:
-    """Each test utterance re-mixed from its clean speech and noise at each input SNR: mean output SI-SNR."""
+def snr_curve(fn: Enhance, rows: list[dict], snrs=CURVE_SNRS, desc: str = "curve",
+              improvement: bool = False) -> dict[float, float]:
+    """Each test utterance re-mixed from its clean speech and noise at each input SNR: mean output SI-SNR
+    (or, with `improvement`, mean SI-SNRi: output minus input SI-SNR)."""
     out = {}
     for target in tqdm(snrs, desc=desc, leave=False):
         vals = []
         for r in rows:
-            clean, noise = _read(r["source_1_path"]), _read(r["noise_path"])
-            g = np.sqrt(np.sum(clean ** 2) / (np.sum(noise ** 2) + 1e-12) / 10 ** (target / 10))
-            mix = clean + g * noise
-            peak = np.max(np.abs(mix))
-            if peak > 0.99:
-                mix, clean = mix * 0.99 / peak, clean * 0.99 / peak
-            vals.append(si_snr(fn(mix), clean))
+            mix, clean = remix(_read(r["source_1_path"]), _read(r["noise_path"]), target)
+            vals.append(si_snr(fn(mix), clean) - (si_snr(mix, clean) if improvement else 0.0))
         out[float(target)] = float(np.mean(vals))
     return out
 
