@@ -1,6 +1,7 @@
 """`fqse report`: every checkpoint and every deployed artifact of the last (FQSE) one on a test split:
-quality table (SI-SNR, SI-SNRi, SDR, STOI), sizes, speeds, and the signature plot (output SI-SNR
-against input SNR) in report.md.
+quality table (SI-SNR, SI-SNRi, SDR, STOI, PESQ-WB), SI-SNRi per talker, sizes, speeds, scores per input-SNR bin
+(each test mixture re-mixed at that SNR) against the noisy input, and the signature plots (output SI-SNR and
+SI-SNRi against input SNR) in report.md.
 """
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
         name = _label(model.cfg)
         models[name] = (ck, model)
         fn = torch_enhancer(model)
-        systems[name] = {"checkpoint": str(ck), **quality(fn, rows, model.cfg.sample_rate, desc=name)}
-        curves[name] = snr_curve(fn, rows, desc=name)
+        systems[name] = {"checkpoint": str(ck), **quality(fn, rows, model.cfg.sample_rate, desc=name, group="talker")}
+        curves[name] = snr_curve(fn, rows, model.cfg.sample_rate, desc=name, full=True)
     last_ck, last = list(models.values())[-1]
     deployed = {"ONNX int8": export_onnx(last_ck, out / "model_int8.onnx")}
     try:
@@ -52,11 +53,14 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
         enh = Enhancer.from_file(path)
         fn = lambda x, e=enh: e.enhance(np.asarray(x, np.float32)) / 32768.0  # noqa: E731
         label = f"FQSE {name}"
-        systems[label] = {"model": str(path), **quality(fn, rows, enh.sr, desc=label),
+        systems[label] = {"model": str(path), **quality(fn, rows, enh.sr, desc=label, group="talker"),
                           "size_kb": path.stat().st_size / 1024,
                           "s_per_s_audio_1thread": measure(str(path), 1, 4.0, False, 16.0)["s_per_s_audio"]}
-        curves[label] = snr_curve(fn, rows, desc=label)
-    plot_curves(curves, out / "si_snr_vs_input_snr.png", title=f"output SI-SNR vs input SNR ({len(rows)} test mixtures)")
+        curves[label] = snr_curve(fn, rows, enh.sr, desc=label, full=True)
+    n = len(rows)
+    plot_curves(curves, out / "si_snr_vs_input_snr.png", title=f"output SI-SNR vs input SNR ({n} test mixtures)")
+    plot_curves(curves, out / "si_snri_vs_input_snr.png", title=f"SI-SNRi by input SNR ({n} test mixtures)",
+                key="si_snri")
     has_pesq = all("pesq" in r for r in systems.values())
     lines = [f"# FQSE report\n", f"Config `{yaml}`, test split `{conf['dataset']['test_dir']}` ({len(rows)} mixtures).\n",
              "| system | SI-SNR | SI-SNRi | SDR | STOI |" + (" PESQ |" if has_pesq else "") + " size (KB) | s per s audio (1 thread) |",
@@ -66,14 +70,36 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
         speed = f"{r['s_per_s_audio_1thread']:.4f}" if "s_per_s_audio_1thread" in r else ""
         pesq = f" {r['pesq']:.2f} |" if has_pesq else ""
         lines.append(f"| {name} | {r['si_snr']:.2f} | {r['si_snri']:.2f} | {r['sdr']:.2f} | {r['stoi']:.3f} |{pesq} {size} | {speed} |")
+    lines += _per_talker(systems)
     snrs = sorted(next(iter(curves.values())))
-    lines += ["", "Output SI-SNR (dB) by input SNR (each test mixture re-mixed at that SNR):", "",
-              "| system | " + " | ".join(f"{s:+.0f} dB" for s in snrs) + " |", "|---|" + "---:|" * len(snrs)]
-    for name, c in curves.items():
-        lines.append(f"| {name} | " + " | ".join(f"{c[s]:.2f}" for s in snrs) + " |")
-    lines += ["", "![SI-SNR vs input SNR](si_snr_vs_input_snr.png)", ""]
+    for key, what in (("si_snr", "Output SI-SNR (dB)"), ("si_snri", "SI-SNRi (dB)"), ("stoi", "STOI"),
+                      ("pesq", "PESQ-WB")):
+        if not all(key in c[s] for c in curves.values() for s in snrs):
+            continue
+        lines += ["", f"{what} by input SNR (each test mixture re-mixed at that SNR):", "",
+                  "| system | " + " | ".join(f"{s:+.0f} dB" for s in snrs) + " |", "|---|" + "---:|" * len(snrs)]
+        if f"{key}_noisy" in next(iter(curves.values()))[snrs[0]]:
+            lines.append("| noisy input | " + " | ".join(f"{next(iter(curves.values()))[s][key + '_noisy']:.2f}"
+                                                     for s in snrs) + " |")
+        for name, c in curves.items():
+            lines.append(f"| {name} | " + " | ".join(f"{c[s][key]:.2f}" for s in snrs) + " |")
+    lines += ["", "![SI-SNR vs input SNR](si_snr_vs_input_snr.png)", "",
+              "![SI-SNRi by input SNR](si_snri_vs_input_snr.png)", ""]
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
     result = {"systems": systems, "curves": {k: {str(s): v for s, v in c.items()} for k, c in curves.items()}}
     (out / "report.json").write_text(json.dumps(result, indent=1, default=str))
     print("\n".join(lines))
     return result
+
+
+def _per_talker(systems: dict[str, dict]) -> list[str]:
+    """Markdown table: SI-SNRi of each system on each test talker."""
+    talkers = sorted({t for r in systems.values() for t in r.get("si_snri_by_talker", {})})
+    if not talkers:
+        return []
+    lines = ["", "SI-SNRi (dB) per test talker:", "", "| system | " + " | ".join(talkers) + " |",
+             "|---|" + "---:|" * len(talkers)]
+    for name, r in systems.items():
+        by = r.get("si_snri_by_talker", {})
+        lines.append(f"| {name} | " + " | ".join(f"{by[t]:.2f}" if t in by else "" for t in talkers) + " |")
+    return lines

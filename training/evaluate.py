@@ -54,60 +54,78 @@ def _read(path: str) -> np.ndarray:
     return sf.read(path, dtype="float32")[0]
 
 
-def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval", group: str | None = None) -> dict:
-    """Mean SI-SNR, SI-SNRi, SDR and STOI over the rows (whole utterances); with `group` (a CSV column such as
-    "talker"), also the mean SI-SNRi per value of that column under `si_snri_by_<group>`."""
-    acc: dict[str, list[float]] = {"si_snr": [], "si_snri": [], "sdr": [], "stoi": []}
-    try:  # PESQ only where the (optional, compiled) `pesq` package is installed
+def _pesq_fn():
+    """Wide-band PESQ where the (optional, compiled) `pesq` package is installed, else None."""
+    try:
         from pesq import pesq as wb_pesq
-        acc["pesq"] = []
     except ImportError:
-        wb_pesq = None
+        return None
+    return lambda est, clean, sr: float(wb_pesq(sr, clean, est, "wb"))
+
+
+def score(est: np.ndarray, clean: np.ndarray, mix: np.ndarray, sr: int, pesq_fn=None) -> dict[str, float]:
+    """One utterance: SI-SNR, SI-SNRi, SDR, STOI (and PESQ-WB with `pesq_fn`) of `est` against `clean`."""
+    s = si_snr(est, clean)
+    out = {"si_snr": s, "si_snri": s - si_snr(mix, clean), "sdr": snr(est, clean), "stoi": stoi(est, clean, sr)}
+    if pesq_fn is not None:
+        out["pesq"] = pesq_fn(est, clean, sr)
+    return out
+
+
+def _mean(scores: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([d[k] for d in scores])) for k in scores[0]}
+
+
+def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval", group: str | None = None) -> dict:
+    """Mean SI-SNR, SI-SNRi, SDR, STOI (and PESQ-WB) over the rows (whole utterances); with `group` (a CSV column
+    such as "talker"), also the mean SI-SNRi per value of that column under `si_snri_by_<group>`."""
+    pesq_fn = _pesq_fn()
+    scores = []
     for r in tqdm(rows, desc=desc, leave=False):
         mix, clean = _read(r["mixture_path"]), _read(r["source_1_path"])
-        est = fn(mix)
-        s = si_snr(est, clean)
-        acc["si_snr"].append(s)
-        acc["si_snri"].append(s - si_snr(mix, clean))
-        acc["sdr"].append(snr(est, clean))
-        acc["stoi"].append(stoi(est, clean, sr))
-        if wb_pesq is not None:
-            acc["pesq"].append(float(wb_pesq(sr, clean, est, "wb")))
-    out: dict = {k: float(np.mean(v)) for k, v in acc.items()}
+        scores.append(score(fn(mix), clean, mix, sr, pesq_fn))
+    out: dict = _mean(scores)
     if group and all(group in r for r in rows):
         keys = [r[group] for r in rows]
-        out[f"si_snri_by_{group}"] = {g: float(np.mean([v for k, v in zip(keys, acc["si_snri"]) if k == g]))
+        out[f"si_snri_by_{group}"] = {g: float(np.mean([d["si_snri"] for k, d in zip(keys, scores) if k == g]))
                                       for g in sorted(set(keys))}
     return out
 
 
-def snr_curve(fn: Enhance, rows: list[dict], snrs=CURVE_SNRS, desc: str = "curve",
-              improvement: bool = False) -> dict[float, float]:
-    """Each test utterance re-mixed from its clean speech and noise at each input SNR: mean output SI-SNR
-    (or, with `improvement`, mean SI-SNRi: output minus input SI-SNR)."""
+def snr_curve(fn: Enhance, rows: list[dict], sr: int, snrs=CURVE_SNRS, desc: str = "curve",
+              full: bool = False) -> dict[float, dict[str, float]]:
+    """Each test utterance re-mixed from its clean speech and noise at each input SNR: the mean scores per input
+    SNR (SI-SNR, SI-SNRi, SDR, STOI; with `full` also PESQ-WB, and the noisy input's STOI/PESQ as `*_noisy`)."""
+    pesq_fn = _pesq_fn() if full else None
     out = {}
     for target in tqdm(snrs, desc=desc, leave=False):
-        vals = []
+        scores = []
         for r in rows:
             mix, clean = remix(_read(r["source_1_path"]), _read(r["noise_path"]), target)
-            vals.append(si_snr(fn(mix), clean) - (si_snr(mix, clean) if improvement else 0.0))
-        out[float(target)] = float(np.mean(vals))
+            d = score(fn(mix), clean, mix, sr, pesq_fn)
+            if full:
+                d.update({f"{k}_noisy": v for k, v in score(mix, clean, mix, sr, pesq_fn).items()
+                          if k in ("stoi", "pesq")})
+            scores.append(d)
+        out[float(target)] = _mean(scores)
     return out
 
 
-def plot_curves(curves: dict[str, dict[float, float]], path: str | Path, title: str = "") -> None:
-    """The signature plot: output SI-SNR against input SNR, one line per model."""
+def plot_curves(curves: dict[str, dict[float, dict[str, float]]], path: str | Path, title: str = "",
+                key: str = "si_snr") -> None:
+    """The signature plot: output SI-SNR (or another score, `key`) against input SNR, one line per model."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for name, c in curves.items():
         xs = sorted(c)
-        ax.plot(xs, [c[x] for x in xs], marker="o", label=name)
+        ax.plot(xs, [c[x][key] for x in xs], marker="o", label=name)
     xs = sorted(next(iter(curves.values())))
-    ax.plot(xs, xs, ls=":", color="gray", label="input (no processing)")
+    if key in ("si_snr", "si_snri"):  # what the unprocessed input scores
+        ax.plot(xs, xs if key == "si_snr" else [0] * len(xs), ls=":", color="gray", label="input (no processing)")
     ax.set_xlabel("input SNR (dB)")
-    ax.set_ylabel("output SI-SNR (dB)")
+    ax.set_ylabel({"si_snr": "output SI-SNR (dB)", "si_snri": "SI-SNR improvement (dB)"}.get(key, key))
     ax.set_title(title or "SI-SNR vs input SNR")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -129,11 +147,11 @@ def run_eval(yaml: str, checkpoint: str, compare: list[str], json_out: str | Non
         fn = torch_enhancer(model)
         if segment:
             fn = segmented(fn, int(segment * cfg.sample_rate))
-        results[name] = quality(fn, rows, cfg.sample_rate, desc=name)
+        results[name] = quality(fn, rows, cfg.sample_rate, desc=name, group="talker")
         if plot:
-            curves[name] = snr_curve(fn, rows, desc=name)
-            results[name]["curve"] = curves[name]
-        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name].items() if k != "curve"))
+            curves[name] = snr_curve(fn, rows, cfg.sample_rate, desc=name)
+            results[name]["curve"] = {s: c["si_snr"] for s, c in curves[name].items()}
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name].items() if isinstance(v, float)))
     if plot:
         plot_curves(curves, plot)
         print(f"wrote {plot}")

@@ -379,6 +379,7 @@ def export_pairs(split_dir: str | Path, out: str | Path, kinds: tuple[str, ...] 
                  "hum", "white"), seconds: float = 3.0, seed: int = 0) -> list[dict]:
     """Write one noisy/clean pair per noise kind (first `seconds` of a mixture; talkers alternate; one license per
     file) as NN_KIND_+SNRdB_TALKER_{noisy,clean}.wav; returns the rows used (for the README)."""
+    from runtime.audio import write_audio
     from training.data import read_rows
     rows = read_rows(split_dir)
     talkers = sorted({r["talker"] for r in rows})
@@ -397,7 +398,6 @@ def export_pairs(split_dir: str | Path, out: str | Path, kinds: tuple[str, ...] 
         snr = 10 * np.log10(np.sum(clean.astype(float) ** 2) / (np.sum((mix.astype(float) - clean) ** 2) + 1e-9))
         stem = f"{i:02d}_{kind}_{snr:+.0f}dB_{r['talker'].split('-', 1)[1]}"
         for tag, x in (("noisy", mix), ("clean", clean)):
-            from runtime.audio import write_audio
             write_audio(out / f"{stem}_{tag}.wav", x, SAMPLE_RATE)
         picked.append({**r, "stem": stem, "license": licenses_of(r).pop(), "snr_3s": round(float(snr), 2)})
     return picked
