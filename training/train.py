@@ -111,6 +111,10 @@ def train(conf: dict, work_dir: str | Path | None = None, resume: bool = False, 
     last, best = work / "last.pt", work / "best.pt"
     if resume and last.exists():
         ck = checkpoint.read(last)
+        missing = [k for k in ("model_config", "state_dict", "optimizer", "scheduler", "train_state", "torch_rng")
+                   if k not in ck]
+        if missing:
+            raise checkpoint.CheckpointError(f"{last}: cannot resume, missing {', '.join(missing)}")
         checkpoint.check_config(ck["model_config"], cfg, last)
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
