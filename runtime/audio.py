@@ -14,6 +14,10 @@ class AudioError(ValueError):
     """Bad audio input; the message is one line meant for the user."""
 
 
+class AudioWarning(UserWarning):
+    """Audio that can be processed but probably not as the caller meant (e.g. float beyond [-1, 1])."""
+
+
 def read_audio(path: str | os.PathLike, sample_rate: int | None = None, *, strict_rate: bool = False,
                notes: list[str] | None = None) -> tuple[np.ndarray, int]:
     """Read a file as mono float32 in [-1, 1].

@@ -63,3 +63,70 @@ def test_malicious_pretrained_and_plain_tensor_refused(tmp_path):
     torch.save(torch.zeros(3), tmp_path / "t.pt")
     with pytest.raises(checkpoint.CheckpointError, match="holds a Tensor, not a checkpoint dict"):
         checkpoint.load_model(tmp_path / "t.pt")
+
+
+# ---- Enhancer input: accepted forms, everything else one clear error ------------------------------------------
+
+@pytest.fixture(scope="module")
+def enh(demo_onnx):
+    from runtime.enhancer import Enhancer
+    return Enhancer.from_file(demo_onnx)
+
+
+def _speech() -> np.ndarray:
+    import soundfile as sf
+    from tests.conftest import noisy_clean_pairs
+    return sf.read(noisy_clean_pairs()[0][0], dtype="int16")[0][:8000]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.astype(np.int32) << 16, r"dtype int32 not accepted.*int32 PCM: convert with \(x >> 16\)"),
+    (lambda p: p.astype(np.float32), r"float samples reach \d+; float input must be in \[-1, 1\]"),
+    (lambda p: np.stack([p, p], axis=1), r"shape \(8000, 2\).*2 channels: downmix first"),
+    (lambda p: p[None, :], r"shape \(1, 8000\), expected mono"),
+    (lambda p: (p >> 8).astype(np.int8), "dtype int8 not accepted"),
+    (lambda p: (p >> 8).astype(np.uint8), "dtype uint8 not accepted"),
+    (lambda p: p > 0, "dtype bool not accepted"),
+    (lambda p: (p / 32768).astype(np.float16), "dtype float16 not accepted"),
+    (lambda p: (p / 32768).astype(np.complex64), "dtype complex64 not accepted"),
+    (lambda p: np.where(np.arange(len(p)) == 5, np.nan, p / 32768), "contains NaN or infinite"),
+    (lambda p: np.where(np.arange(len(p)) == 5, np.inf, p / 32768), "contains NaN or infinite"),
+    (lambda p: p[:0], "input: empty"),
+])
+def test_enhancer_rejects_ambiguous_input(enh, make, message):
+    from runtime.audio import AudioError
+    with pytest.raises(AudioError, match=message):
+        enh.enhance(make(_speech()))
+
+
+def test_enhancer_accepted_forms_agree_and_overrange_float_warns(enh):
+    from runtime.audio import AudioWarning
+    pcm = _speech()
+    ref = enh.enhance(pcm)
+    assert len(ref) == len(pcm)
+    assert np.array_equal(enh.enhance(pcm.astype(">i2")), ref)  # big-endian int16: same PCM values
+    assert np.array_equal(enh.enhance(pcm[:, None]), ref)  # (N, 1)
+    assert np.array_equal(enh.enhance(pcm / 32768.0), ref)  # float64 in [-1, 1): exact int16 grid
+    assert np.array_equal(enh.enhance((pcm / 32768.0).astype(np.float32)), ref)
+    loud = pcm / np.abs(pcm).max() * 1.5
+    with pytest.warns(AudioWarning, match=r"float samples reach 1\.\d+ > 1; clipped"):
+        enh.enhance(loud)
+    with pytest.raises(Exception, match="model runs at 16000 Hz"):
+        enh.enhance(pcm, sample_rate=44100)
+
+
+def test_enhancer_latency_is_the_measured_holdback(enh):
+    """latency_samples = the largest delay (samples) between a sample's arrival and its output, fed in blocks
+    of `chunk` samples (steady state, after the first two blocks)."""
+    pcm = np.tile(_speech(), 2)
+    enh.reset()
+    emitted, delay = 0, 0
+    for i in range(0, len(pcm), enh.chunk):
+        fed = min(len(pcm), i + enh.chunk)
+        n = len(enh.process(pcm[i: i + enh.chunk]))
+        if emitted >= 2 * enh.chunk:
+            delay = max(delay, fed - emitted)  # the oldest sample emitted now arrived at time `emitted`
+        emitted += n
+    emitted += len(enh.flush())
+    assert emitted == len(pcm)
+    assert delay == enh.latency_samples == 288  # 16 ms block + 2 hops of look-ahead (residual block)
