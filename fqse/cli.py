@@ -27,7 +27,7 @@ def _data(a: argparse.Namespace) -> None:
 def _train(a: argparse.Namespace) -> None:
     from training.config import load_config
     from training.train import train
-    best = train(load_config(a.yaml), a.work_dir, resume=a.resume, max_steps=a.max_steps)
+    best = train(load_config(a.yaml), a.work_dir, resume=a.resume, max_steps=a.max_steps, overwrite=a.overwrite)
     print(f"best checkpoint: {best}")
 
 
@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="float / vanilla QAT / FQSE training")
     s.add_argument("-y", "--yaml", required=True)
     s.add_argument("--work-dir")
-    s.add_argument("--resume", action="store_true")
+    s.add_argument("--resume", action="store_true", help="continue from WORK_DIR/last.pt")
+    s.add_argument("--overwrite", action="store_true", help="replace the checkpoints in a used work dir")
     s.add_argument("--max-steps", type=int)
     s.set_defaults(func=_train)
 

@@ -130,3 +130,31 @@ def test_enhancer_latency_is_the_measured_holdback(enh):
     emitted += len(enh.flush())
     assert emitted == len(pcm)
     assert delay == enh.latency_samples == 288  # 16 ms block + 2 hops of look-ahead (residual block)
+
+
+# ---- fqse train never replaces a good checkpoint unasked -------------------------------------------------------
+
+def _train_conf(tmp: Path) -> Path:
+    conf = tmp / "c.yml"
+    conf.write_text(f"work_dir: {tmp / 'work'}\ndataset:\n  train_dir: {tmp / 'nodata/train'}\n"
+                    f"  valid_dir: {tmp / 'nodata/dev'}\n")
+    return conf
+
+
+def test_train_refuses_work_dir_with_checkpoints(tmp_path):
+    conf, work = _train_conf(tmp_path), tmp_path / "work"
+    work.mkdir()
+    (work / "best.pt").write_bytes(b"good model")
+    res = run_fqse("train", "-y", str(conf))
+    assert res.returncode == 2
+    assert res.stderr.strip() == (f"fqse train: error: {work} already holds best.pt; use --resume to continue that "
+                                  "run or --overwrite to replace it")
+    assert (work / "best.pt").read_bytes() == b"good model"
+    # --resume without last.pt says it starts fresh (then fails here on the missing data, one line)
+    res = run_fqse("train", "-y", str(conf), "--resume")
+    assert res.returncode == 2
+    assert res.stderr.splitlines()[0] == f"note: --resume: no {work / 'last.pt'}, starting fresh"
+    assert (work / "best.pt").read_bytes() == b"good model"
+    res = run_fqse("train", "-y", str(conf), "--overwrite")
+    assert res.stderr.splitlines()[0] == f"note: --overwrite: removed best.pt from {work}"
+    assert not (work / "best.pt").exists()
