@@ -282,16 +282,23 @@ def enhance_cli(src: str, dst: str, model: str, stream: bool = False, hop_ms: fl
 
 def stream_stdio(model: str, hop_ms: float = 16.0, threads: int = 1) -> None:
     """Raw int16 mono PCM at the model's rate on stdin -> enhanced PCM on stdout."""
+    if sys.stdin is None or sys.stdout is None:
+        raise AudioError("stdin or stdout is closed: pipe raw int16 PCM in and out")
     enh = Enhancer.from_file(model, threads, hop_ms=hop_ms)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     nbytes = enh.chunk * 2
+    odd = b""
     while True:
         data = inp.read(nbytes)
         if not data:
             break
-        if len(data) % 2:
-            data = data[:-1]
-        out.write(enh.process(np.frombuffer(data, np.int16)).tobytes())
+        data = odd + data
+        odd = data[len(data) // 2 * 2:]  # a sample split across reads waits for its second byte
+        data = data[: len(data) // 2 * 2]
+        out.write(enh.process(np.frombuffer(data, "<i2")).tobytes())
         out.flush()
+    if odd:
+        print("fqse stream: warning: input ended with an odd byte (half an int16 sample); it was dropped",
+              file=sys.stderr)
     out.write(enh.flush().tobytes())
     out.flush()
