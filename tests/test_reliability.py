@@ -158,3 +158,45 @@ def test_train_refuses_work_dir_with_checkpoints(tmp_path):
     res = run_fqse("train", "-y", str(conf), "--overwrite")
     assert res.stderr.splitlines()[0] == f"note: --overwrite: removed best.pt from {work}"
     assert not (work / "best.pt").exists()
+
+
+# ---- config schema -------------------------------------------------------------------------------------------
+
+def test_every_shipped_config_passes_the_schema():
+    from tests.conftest import ROOT
+    from training.config import load_config, model_config
+    configs = sorted((ROOT / "configs").glob("*.yml"))
+    assert len(configs) >= 10
+    for p in configs:
+        model_config(load_config(p))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("trainig:\n  epochs: 3\n", "unknown key trainig (did you mean training?)"),
+    ("training:\n  epoch: 3\n", "unknown key training.epoch (did you mean training.epochs?)"),
+    ("training:\n  learning_rate: 0.1\n", "unknown key training.learning_rate (did you mean training.lr?)"),
+    ("dataset:\n  augmentation:\n    enable: true\n",
+     "unknown key dataset.augmentation.enable (did you mean dataset.augmentation.enabled?)"),
+    ("training:\n  epochs: ten\n  batch_size: 0\n",
+     "training.epochs: 'ten' is not a whole number; training.batch_size: 0: must be at least 1"),
+    ("dataset:\n  segment: abc\n", "dataset.segment: 'abc' is not a number"),
+    ("model:\n  causal: 'no'\n", "model.causal: 'no' is not true or false"),
+    ("- a\n- b\n", "config: must be a mapping of keys, got list"),
+    ("base: c.yml\n", "`base:` loop (c.yml -> c.yml)"),
+])
+def test_config_problems_are_one_message(tmp_path, text, message):
+    from training.config import ConfigError, load_config
+    (tmp_path / "c.yml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "c.yml")
+    assert str(err.value) == f"{tmp_path / 'c.yml'}: {message}"
+
+
+def test_reference_fqse_keys_are_accepted(tmp_path):
+    """The keys the reference FQSE README tells users to set load unchanged."""
+    from training.config import load_config
+    (tmp_path / "c.yml").write_text("work_dir: /home/user\nmodel:\n  model_path: trained_model.pth\n"
+                                    "dataset:\n  train_dir: a/train-360\n  valid_dir: a/dev\n  test_dir: a/test\n"
+                                    "training:\n  pretrained: pytorch_model.bin\n")
+    conf = load_config(tmp_path / "c.yml")
+    assert conf["training"]["pretrained"] == "pytorch_model.bin" and conf["dataset"]["test_dir"] == "a/test"
