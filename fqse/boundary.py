@@ -103,6 +103,9 @@ def run(cmd: str, func: Callable[[argparse.Namespace], object], args: argparse.N
 
 def _run(cmd: str, func: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
     debug = bool(getattr(args, "debug", False))
+    if getattr(args, "force", False):
+        from runtime.files import allow_replace_readonly
+        allow_replace_readonly()
     if not debug:
         warnings.showwarning = _warning_line(cmd, bool(getattr(args, "verbose", False)))
     try:
@@ -111,6 +114,10 @@ def _run(cmd: str, func: Callable[[argparse.Namespace], object], args: argparse.
     except KeyboardInterrupt:
         print(f"fqse {cmd}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # SIGTERM during an atomic write (runtime/files.py) after its cleanup
+        if exc.code == 128 + 15:
+            print(f"fqse {cmd}: terminated", file=sys.stderr)
+        raise
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, no flush error at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -128,6 +135,7 @@ def _run(cmd: str, func: Callable[[argparse.Namespace], object], args: argparse.
 def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("--verbose", action="store_true", help="show native libraries' log lines (TensorFlow, TFLite)")
+    p.add_argument("--force", action="store_true", help="replace an existing read-only output file")
 
 
 def _number(kind: type, low: float, low_ok: bool) -> Callable[[str], float]:

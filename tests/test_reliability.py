@@ -200,3 +200,72 @@ def test_reference_fqse_keys_are_accepted(tmp_path):
                                     "training:\n  pretrained: pytorch_model.bin\n")
     conf = load_config(tmp_path / "c.yml")
     assert conf["training"]["pretrained"] == "pytorch_model.bin" and conf["dataset"]["test_dir"] == "a/test"
+
+
+# ---- atomic writes: no partial file, umask, read-only outputs, SIGTERM/SIGKILL leftovers ------------------------
+
+def _long_wav(path: Path, seconds: float = 300.0) -> Path:
+    import soundfile as sf
+    rng = np.random.default_rng(0)
+    sf.write(path, (rng.standard_normal(int(seconds * 16000)) * 1000).astype(np.int16), 16000, subtype="PCM_16")
+    return path
+
+
+def _start_enhance(tmp: Path, model: Path, src: Path, out: Path):
+    import subprocess
+    import sys
+    import time
+    from tests.conftest import ROOT
+    proc = subprocess.Popen([sys.executable, "-m", "fqse", "enhance", str(src), "-o", str(out), "--model",
+                             str(model), "--stream"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp.glob(".out.wav.*")):
+        time.sleep(0.02)
+    assert list(tmp.glob(".out.wav.*")), "the temporary output never appeared"
+    time.sleep(0.2)
+    return proc
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_killed_stream_leaves_no_partial_output(tmp_path, demo_onnx, sig):
+    import signal
+    src, out = _long_wav(tmp_path / "in.wav"), tmp_path / "out.wav"
+    proc = _start_enhance(tmp_path, demo_onnx, src, out)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert not out.exists()
+    left = list(tmp_path.glob(".out.wav.*"))
+    if sig == "SIGTERM":  # cleaned up by the process itself
+        assert proc.returncode == 143 and left == [] and err.strip().endswith("fqse enhance: terminated"), err
+    else:  # the next write of the same target removes the dead process's file
+        assert [p.name for p in left] == [f".out.wav.{proc.pid}.fqse-tmp.wav"]
+        res = run_fqse("enhance", str(tmp_path / "in.wav"), "-o", str(out), "--model", str(demo_onnx), "--stream")
+        assert res.returncode == 0, res.stderr
+        assert list(tmp_path.glob(".out.wav.*")) == [] and out.exists()
+
+
+def test_outputs_honour_umask_and_readonly_needs_force(tmp_path):
+    from runtime.audio import write_audio
+    from runtime.files import WriteError, allow_replace_readonly
+    x = np.zeros(160, np.int16)
+    for mask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        old = os.umask(mask)
+        try:
+            write_audio(tmp_path / f"u{mask:o}.wav", x, 16000)
+        finally:
+            os.umask(old)
+        assert (tmp_path / f"u{mask:o}.wav").stat().st_mode & 0o777 == mode
+    ro = tmp_path / "ro.wav"
+    write_audio(ro, x, 16000)
+    before = ro.read_bytes()
+    ro.chmod(0o444)
+    with pytest.raises(WriteError, match="exists and is read-only; use --force to replace it"):
+        write_audio(ro, x + 1, 16000)
+    assert ro.read_bytes() == before
+    allow_replace_readonly(True)
+    try:
+        write_audio(ro, x + 1, 16000)
+    finally:
+        allow_replace_readonly(False)
+    assert ro.read_bytes() != before
