@@ -36,8 +36,14 @@ def _eval(a: argparse.Namespace) -> None:
     run_eval(a.yaml, a.checkpoint, a.compare, a.json, a.plot, a.split, a.limit, a.segment)
 
 
+def _check_suffix(path: str, ext: str) -> None:
+    if Path(path).suffix.lower() != ext:
+        raise ValueError(f"-o {path}: this command writes {ext}; name the output *{ext}")
+
+
 def _export(a: argparse.Namespace) -> None:
     from conversion.onnx_export import export_onnx
+    _check_suffix(a.output, ".onnx")
     path = export_onnx(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml, step_frames=_step_frames(a))
     print(f"wrote {path}")
 
@@ -56,6 +62,7 @@ def _step_frames(a: argparse.Namespace) -> int | None:
 
 def _convert(a: argparse.Namespace) -> None:
     from conversion.tflite_export import convert_tflite
+    _check_suffix(a.output, ".tflite")
     report = convert_tflite(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml, step_frames=_step_frames(a))
     print(json.dumps(report, indent=1))
 

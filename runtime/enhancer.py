@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime import pipeline
-from runtime.audio import AudioError, AudioWarning, check_file, check_signal, read_audio, to_int16, write_audio
+from runtime.audio import AudioError, AudioWarning, audio_info, check_file, output_format, check_signal, read_audio, to_int16, write_audio
 from runtime.backends import Backend, load_backend
 
 
@@ -231,30 +231,36 @@ class Enhancer:
         the output appears only when complete. Returns the number of samples written."""
         import soundfile as sf
         from runtime.files import atomic_write
+        from runtime.resample import StreamResampler
         src = check_file(src)
-        try:
-            info = sf.info(str(src))
-        except Exception as exc:
-            raise AudioError(f"{src}: not a readable audio file ({str(exc).splitlines()[0]})") from None
-        if info.samplerate != self.sr:  # resampling needs the whole signal
-            self.enhance_file(src, dst, stream=True, progress=progress, notes=notes)
-            return int(round(info.frames * self.sr / info.samplerate))
+        fmt, subtype = output_format(dst)
+        info = audio_info(src, notes)
         if info.channels > 1 and notes is not None:
             notes.append(f"{src.name}: {info.channels} channels downmixed to mono")
+        rs = StreamResampler(info.samplerate, self.sr) if info.samplerate != self.sr else None
+        if rs is not None and notes is not None:
+            notes.append(f"{src.name}: resampled {info.samplerate} Hz -> {self.sr} Hz")
         total = 0
 
         def write(tmp: str) -> None:
             nonlocal total
-            block = int(block_s * self.sr)
-            with sf.SoundFile(tmp, "w", self.sr, 1, "PCM_16", format="WAV") as out, \
-                    tqdm(total=info.frames, disable=not progress or info.frames < 5 * self.sr, desc="enhance",
-                         unit="sample", unit_scale=True) as bar:
-                for x in sf.blocks(str(src), blocksize=block, dtype="float32", always_2d=True):
+            block = int(block_s * info.samplerate)
+            with sf.SoundFile(tmp, "w", self.sr, 1, subtype, format=fmt) as out, \
+                    tqdm(total=info.frames, disable=not progress or info.frames < 5 * info.samplerate,
+                         desc="enhance", unit="sample", unit_scale=True) as bar:
+                blocks = sf.blocks(str(src), blocksize=block, dtype="float32", always_2d=True)
+                for x in blocks:
                     x = check_signal(x.mean(axis=1), f"{src}")
+                    bar.update(len(x))
+                    if rs is not None:
+                        x = rs.push(x)
                     y = self.process(to_int16(np.clip(x, -1, 1)))
                     out.write(y)
                     total += len(y)
-                    bar.update(len(x))
+                if rs is not None:
+                    y = self.process(to_int16(np.clip(rs.flush(), -1, 1)))
+                    out.write(y)
+                    total += len(y)
                 y = self.flush()
                 out.write(y)
                 total += len(y)
@@ -266,10 +272,12 @@ class Enhancer:
 
 
 def enhance_cli(src: str, dst: str, model: str, stream: bool = False, hop_ms: float = 16.0, threads: int = 1) -> None:
-    enh = Enhancer.from_file(model, threads, hop_ms=hop_ms)
-    notes: list[str] = []
     if Path(dst).resolve() == Path(src).resolve():
         raise AudioError("output would overwrite the input; choose another -o")
+    output_format(dst)
+    check_file(src)
+    enh = Enhancer.from_file(model, threads, hop_ms=hop_ms)
+    notes: list[str] = []
     if stream:
         enh.stream_file(src, dst, notes=notes)
     else:

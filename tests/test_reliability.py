@@ -269,3 +269,76 @@ def test_outputs_honour_umask_and_readonly_needs_force(tmp_path):
     finally:
         allow_replace_readonly(False)
     assert ro.read_bytes() != before
+
+
+# ---- memory: headers cannot make the runtime allocate without bound ---------------------------------------------
+
+PEAK_MB = 200  # the issue's bound; measured: 92 MB for 10 min of 48 kHz stereo with --stream (ONNX demo model)
+
+
+def _peak_rss_mb(*argv: str) -> tuple[int, str, float]:
+    """Run the CLI in a child process; its exit code, stderr and peak RSS (MB, the child's VmHWM)."""
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    code = ("import sys\nfrom fqse.cli import main\nfrom runtime.bench import peak_rss_mb\nrc = main(sys.argv[1:])\n"
+            "print('PEAK', peak_rss_mb(), file=sys.stderr)\nsys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True)
+    peak = [ln for ln in res.stderr.splitlines() if ln.startswith("PEAK ")]
+    err = "\n".join(ln for ln in res.stderr.splitlines() if not ln.startswith("PEAK "))
+    return res.returncode, err, float(peak[0].split()[1]) if peak else float("nan")
+
+
+def test_header_with_absurd_rate_is_refused_without_allocating(tmp_path, demo_onnx):
+    import soundfile as sf
+    src = tmp_path / "one_hz.wav"
+    sf.write(src, np.zeros(10000, np.int16), 1, subtype="PCM_16")  # 20 KB; resampled to 16 kHz: 160 M samples
+    for extra in ([], ["--stream"]):
+        rc, err, peak = _peak_rss_mb("enhance", str(src), "-o", str(tmp_path / "o.wav"), "--model", str(demo_onnx),
+                                     *extra)
+        assert rc == 2 and err == f"fqse enhance: error: {src}: sample rate 1 Hz in the header; supported " \
+                                  "8000..192000 Hz", err
+        assert peak < PEAK_MB
+    assert not (tmp_path / "o.wav").exists()
+
+
+@pytest.mark.slow
+def test_stream_resamples_ten_minutes_at_48k_in_bounded_memory(tmp_path, demo_onnx):
+    import soundfile as sf
+    src = tmp_path / "long48.wav"
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(src, "w", 48000, 1, "PCM_16") as f:  # 10 min: 57.6 MB of PCM (whole-file read: > 1 GB peak)
+        for _ in range(600):
+            f.write((rng.standard_normal(48000) * 1000).astype(np.int16))
+    rc, err, peak = _peak_rss_mb("enhance", str(src), "-o", str(tmp_path / "o.wav"), "--model", str(demo_onnx),
+                                 "--stream")
+    assert rc == 0, err
+    assert peak < PEAK_MB, peak
+    assert sf.info(tmp_path / "o.wav").frames == 600 * 16000 and sf.info(tmp_path / "o.wav").samplerate == 16000
+
+
+def test_streamed_resampling_matches_whole_signal_and_a_sine():
+    from runtime.resample import StreamResampler, resample
+    for sr_in in (8000, 22050, 44100, 48000):
+        t = np.arange(2 * sr_in) / sr_in
+        x = 0.5 * np.sin(2 * np.pi * 1000 * t)
+        y = resample(x, sr_in, 16000)
+        assert len(y) == 32000
+        ref = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(32000) / 16000)
+        err = y[200:-200] - ref[200:-200]
+        snr = 10 * np.log10(np.sum(ref[200:-200] ** 2) / np.sum(err ** 2))
+        assert snr > 90, (sr_in, snr)  # measured 97-102 dB (Kaiser beta 8.6, 16 zero crossings)
+        r = StreamResampler(sr_in, 16000)
+        parts = [r.push(x[i: i + 777]) for i in range(0, len(x), 777)] + [r.flush()]
+        assert np.array_equal(np.concatenate(parts), y)  # block size does not change a sample
+
+
+def test_truncated_wav_warns(tmp_path):
+    import soundfile as sf
+    from runtime.audio import AudioWarning, read_audio
+    sf.write(tmp_path / "t.wav", np.zeros(16000, np.int16), 16000, subtype="PCM_16")
+    raw = (tmp_path / "t.wav").read_bytes()
+    (tmp_path / "t.wav").write_bytes(raw[: len(raw) // 2])
+    with pytest.warns(AudioWarning, match="truncated: the header announces 32000 data bytes, the file holds 15978"):
+        x, _ = read_audio(tmp_path / "t.wav", 16000)
+    assert len(x) == 7989
