@@ -342,3 +342,43 @@ def test_truncated_wav_warns(tmp_path):
     with pytest.warns(AudioWarning, match="truncated: the header announces 32000 data bytes, the file holds 15978"):
         x, _ = read_audio(tmp_path / "t.wav", 16000)
     assert len(x) == 7989
+
+
+# ---- model files: format fqse-2 and a sha256 seal checked before any native loader -----------------------------
+
+@pytest.mark.parametrize("kind", ["onnx", "tflite"])
+def test_every_bit_flip_and_truncation_is_refused(tmp_path, kind, demo_onnx, demo_tflite):
+    from runtime.backends import ModelError, load_backend
+    from runtime.modelmeta import FORMAT
+    good = (demo_onnx if kind == "onnx" else demo_tflite[0]).read_bytes()
+    assert f'"format": "{FORMAT}"'.encode() in good
+    rng = np.random.default_rng(1)
+    p = tmp_path / f"m.{kind}"
+    for pos in rng.integers(0, len(good), 25):  # before the seal: 10 of 25 such TFLite copies loaded and ran
+        bad = bytearray(good)
+        bad[pos] ^= 1 << int(rng.integers(0, 8))
+        p.write_bytes(bytes(bad))
+        with pytest.raises(ModelError) as err:
+            load_backend(p)
+        assert "\n" not in str(err.value)
+    for cut in (len(good) // 2, len(good) - 100):  # ONNX keeps its metadata last: a cut removes the seal too
+        p.write_bytes(good[:cut])
+        with pytest.raises(ModelError, match="corrupted or was modified|not a loadable ONNX|corrupt TFLite|"
+                                             "without FQSE metadata"):
+            load_backend(p)
+    p.write_bytes(good)
+    assert load_backend(p).meta["format"] == FORMAT
+
+
+def test_old_or_unsealed_metadata_names_supported_format(tmp_path, demo_onnx):
+    from runtime import modelmeta
+    from runtime.backends import ModelError, load_backend
+    raw = demo_onnx.read_bytes()
+    p = tmp_path / "old.onnx"
+    p.write_bytes(modelmeta.seal(raw.replace(b'"format": "fqse-2"', b'"format": "fqse-1"')))
+    with pytest.raises(ModelError, match=r"model metadata format 'fqse-1'; this runtime reads fqse-2 \(export it"):
+        load_backend(p)
+    p.write_bytes(raw.replace(b'"stride": 16', b'"stride":  0'))  # metadata edited, then resealed
+    p.write_bytes(modelmeta.seal(p.read_bytes()))
+    with pytest.raises(ModelError, match=r"FQSE metadata out of range \(stride 0"):
+        load_backend(p)
