@@ -15,6 +15,11 @@ EXIT_ERROR = 2
 # Failures a user can cause and fix (bad files, bad arguments, missing resources): their message is the answer.
 EXPECTED = (ValueError, OSError, RuntimeError, LookupError, EOFError, MemoryError, ImportError)
 OWN_PACKAGES = ("training", "conversion", "runtime", "fqse")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class UsageError(ValueError):
+    """Arguments that do not fit together (checked after parsing); one-line message."""
 
 
 def quiet_native_logs(verbose: bool) -> None:
@@ -70,24 +75,34 @@ class NativeLogFilter:
         os.close(self.real)
 
 
+def _raised_here(exc: BaseException) -> bool:
+    """Raised by this project's own code (its message was written for the user), not inside a library."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and _in_project(tb.tb_frame.f_code.co_filename)
+
+
+def _in_project(filename: str) -> bool:
+    f = os.path.abspath(filename)
+    return f.startswith(ROOT + os.sep) and os.sep + ".venv" + os.sep not in f
+
+
 def one_line(exc: BaseException) -> str:
     """The exception as one line: own exception classes by message, others prefixed with their type."""
     msg = " ".join(str(exc).split()) or type(exc).__name__
     if len(msg) > 400:
         msg = msg[:397] + "..."
-    own = type(exc).__module__.split(".")[0] in OWN_PACKAGES
+    own = type(exc).__module__.split(".")[0] in OWN_PACKAGES or _raised_here(exc)
     if own or isinstance(exc, OSError):
         return msg
     return f"{type(exc).__name__}: {msg}"
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def _warning_line(cmd: str, verbose: bool) -> Callable:
     """Warnings as one line; those raised by other libraries (TensorFlow's converter notes) only with --verbose."""
     def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-        if verbose or os.path.abspath(filename).startswith(ROOT + os.sep) and ".venv" not in filename:
+        if verbose or _in_project(filename):
             print(f"fqse {cmd}: warning: {' '.join(str(message).split())}", file=sys.stderr)
     return show
 
@@ -124,9 +139,11 @@ def _run(cmd: str, func: Callable[[argparse.Namespace], object], args: argparse.
     except Exception as exc:  # noqa: BLE001 - the boundary: everything becomes one line
         if debug:
             raise
-        msg = one_line(exc)
-        if not isinstance(exc, EXPECTED):
-            msg = f"internal error: {msg} (rerun with --debug for the traceback)"
+        if isinstance(exc, EXPECTED):
+            msg = one_line(exc)
+        else:  # a bug: name the exception type whoever raised it
+            msg = f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} (rerun with --debug " \
+                  "for the traceback)"
         print(f"fqse {cmd}: error: {msg}", file=sys.stderr)
         return EXIT_ERROR
     return 0

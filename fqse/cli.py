@@ -38,7 +38,8 @@ def _eval(a: argparse.Namespace) -> None:
 
 def _check_suffix(path: str, ext: str) -> None:
     if Path(path).suffix.lower() != ext:
-        raise ValueError(f"-o {path}: this command writes {ext}; name the output *{ext}")
+        from fqse.boundary import UsageError
+        raise UsageError(f"-o {path}: this command writes {ext}; name the output *{ext}")
 
 
 def _export(a: argparse.Namespace) -> None:
@@ -55,7 +56,8 @@ def _step_frames(a: argparse.Namespace) -> int | None:
     from training.checkpoint import load_model
     cfg = load_model(a.checkpoint).cfg
     if a.step_ms * cfg.sample_rate / 1000 < cfg.stride:
-        raise ValueError(f"--step-ms {a.step_ms:g} is shorter than one encoder hop "
+        from fqse.boundary import UsageError
+        raise UsageError(f"--step-ms {a.step_ms:g} is shorter than one encoder hop "
                          f"({1000 * cfg.stride / cfg.sample_rate:g} ms)")
     return round(a.step_ms * cfg.sample_rate / 1000 / cfg.stride)
 

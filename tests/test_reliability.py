@@ -382,3 +382,52 @@ def test_old_or_unsealed_metadata_names_supported_format(tmp_path, demo_onnx):
     p.write_bytes(modelmeta.seal(p.read_bytes()))
     with pytest.raises(ModelError, match=r"FQSE metadata out of range \(stride 0"):
         load_backend(p)
+
+
+# ---- CLI boundary -----------------------------------------------------------------------------------------------
+
+def test_stream_into_closed_pipe_ends_quietly(demo_onnx):
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    pcm = (np.random.default_rng(0).standard_normal(16000 * 20) * 1000).astype(np.int16).tobytes()
+    proc = subprocess.Popen([sys.executable, "-m", "fqse", "stream", "--model", str(demo_onnx)], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    import threading
+
+    def feed() -> None:
+        try:
+            proc.stdin.write(pcm)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    got = proc.stdout.read(1000)  # `| head -c 1000`
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    feeder.join(timeout=60)
+    assert proc.wait(timeout=120) == 0 and len(got) == 1000
+    assert err == ""  # no "[Errno 32] Broken pipe", no traceback
+
+
+def test_internal_error_is_one_line_and_debug_shows_traceback(tmp_path):
+    import argparse
+    from fqse import boundary
+
+    def bug(a: argparse.Namespace) -> None:
+        return 1 / 0  # a real bug
+
+    import contextlib
+    import io
+    for debug in (False, True):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            if debug:
+                with pytest.raises(ZeroDivisionError):
+                    boundary._run("x", bug, argparse.Namespace(debug=True))
+            else:
+                assert boundary._run("x", bug, argparse.Namespace(debug=False)) == 2
+        if not debug:
+            assert err.getvalue() == ("fqse x: error: internal error: ZeroDivisionError: division by zero (rerun "
+                                      "with --debug for the traceback)\n")
