@@ -53,6 +53,12 @@ class NativeLogFilter:
         self.thread.start()
         return self
 
+    def _write(self, data: bytes) -> None:
+        try:
+            os.write(self.real, data)
+        except OSError:  # stderr gone: keep draining so the writers never block
+            pass
+
     def _pump(self, r: int) -> None:
         buf = b""
         while chunk := os.read(r, 65536):
@@ -60,12 +66,12 @@ class NativeLogFilter:
             *lines, buf = buf.split(b"\n")
             for line in lines:
                 if not NATIVE_LOG.match(line):
-                    os.write(self.real, line + b"\n")
+                    self._write(line + b"\n")
             if buf and (buf[:1] not in b"IWEF" or len(buf) > 400):
-                os.write(self.real, buf)
+                self._write(buf)
                 buf = b""
         if buf and not NATIVE_LOG.match(buf):
-            os.write(self.real, buf)
+            self._write(buf)
         os.close(r)
 
     def __exit__(self, *exc: object) -> None:
