@@ -431,3 +431,16 @@ def test_internal_error_is_one_line_and_debug_shows_traceback(tmp_path):
         if not debug:
             assert err.getvalue() == ("fqse x: error: internal error: ZeroDivisionError: division by zero (rerun "
                                       "with --debug for the traceback)\n")
+
+
+@pytest.mark.parametrize("ext, fmt", [(".flac", "FLAC"), (".ogg", "OGG")])
+def test_output_format_follows_extension(tmp_path, demo_onnx, ext, fmt):
+    import soundfile as sf
+    from tests.conftest import SAMPLES
+    for extra in ([], ["--stream"]):
+        out = tmp_path / f"o{len(extra)}{ext}"
+        res = run_fqse("enhance", str(SAMPLES / "00_white_+3dB_noisy.wav"), "-o", str(out), "--model", str(demo_onnx),
+                       *extra)
+        assert res.returncode == 0, res.stderr
+        info = sf.info(out)
+        assert info.format == fmt and info.samplerate == 16000 and info.frames == 48000
