@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime import qmath
+from runtime import modelmeta, qmath
 from training.model import RES_GAIN, ConvTasNet
 
 
@@ -163,7 +163,7 @@ def metadata(model: ConvTasNet, quantized: bool) -> dict[str, Any]:
     """What a runtime needs to run the model file alone."""
     cfg = model.cfg
     rf = 1 + sum((cfg.conv_kernel_size - 1) * 2 ** x for _ in range(cfg.n_repeats) for x in range(cfg.n_blocks))
-    return {"format": "fqse-1", "quantized": quantized, "sample_rate": cfg.sample_rate,
+    return {"format": modelmeta.FORMAT, "quantized": quantized, "sample_rate": cfg.sample_rate,
             "n_splitter": cfg.n_splitter, "n_combiner": cfg.n_combiner, "splitter": cfg.quantize,
             "splitter_bits": qmath.IO_BITS, "combiner_bits": qmath.IO_BITS, "io_scale": qmath.IO_SCALE,
             "kernel_size": cfg.kernel_size, "stride": cfg.stride, "causal": cfg.causal, "norm_type": cfg.norm_type,

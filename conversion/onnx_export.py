@@ -7,7 +7,6 @@ QuantizeLinear/DequantizeLinear pair. T is dynamic (a multiple of the hop).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conversion.graph import Graph, Op, build_graph
 from conversion.step_graph import build_step_graph
-from runtime import qmath
+from runtime import modelmeta, qmath
 from runtime.files import atomic_write
 from training.checkpoint import load_model
 from training.config import load_config, model_config
@@ -164,7 +163,7 @@ def graph_to_onnx(g: Graph, states: list | None = None) -> onnx.ModelProto:
     graph = helper.make_graph(b.nodes, "fqse_convtasnet", [inp, *state_inputs], outs, initializer=b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fqse")
     model.ir_version = 8
-    helper.set_model_props(model, {"fqse": json.dumps(g.meta)})
+    helper.set_model_props(model, {"fqse": modelmeta.dumps(g.meta)})
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -179,5 +178,6 @@ def export_onnx(checkpoint: str | Path, output: str | Path, float_model: bool = 
     if step_frames:
         g, states = build_step_graph(g, step_frames)
     proto = graph_to_onnx(g, states)
-    atomic_write(output, lambda tmp: onnx.save(proto, tmp))
+    raw = modelmeta.seal(proto.SerializeToString())
+    atomic_write(output, lambda tmp: Path(tmp).write_bytes(raw))
     return Path(output)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime import pipeline, qmath
+from runtime import modelmeta, pipeline, qmath
 from runtime.audio import read_audio, to_int16
 from runtime.backends import load_backend
 from runtime.files import atomic_write
@@ -74,7 +74,7 @@ def per_layer_onnx(model: ConvTasNet, onnx_path: str | Path, x: np.ndarray, tol_
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "all.onnx"
-        onnx.save(proto, str(path))
+        path.write_bytes(modelmeta.seal(proto.SerializeToString()))  # outputs added: sealed anew
         be = OnnxBackend(path)
         res = dict(zip(be.out_names, be.sess.run(be.out_names, {be.in_name: x[None]})))
     rows = []

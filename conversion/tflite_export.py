@@ -8,7 +8,6 @@ model's scales against the QAT ones (tensor by tensor) and its outputs against t
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 
 from conversion.graph import Graph, Op, build_graph
 from conversion.step_graph import build_step_graph
-from runtime import qmath
+from runtime import modelmeta, qmath
 from runtime.files import atomic_write
 from training.checkpoint import load_model
 from training.config import load_config, model_config
@@ -155,7 +154,7 @@ def add_metadata(raw: bytes, meta: dict) -> bytes:
             t = sub.tensors[i]
             t.shapeSignature = np.array([-1 if d == TRACE_LEN else int(d) for d in t.shape], dtype=np.int32)
     buf = schema.BufferT()
-    buf.data = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buf.data = np.frombuffer(modelmeta.dumps(meta).encode(), dtype=np.uint8)
     model.buffers.append(buf)
     md = schema.MetadataT()
     md.name = "fqse"
@@ -163,7 +162,7 @@ def add_metadata(raw: bytes, meta: dict) -> bytes:
     model.metadata = (model.metadata or []) + [md]
     b = flatbuffers.Builder(len(raw) + 4096)
     b.Finish(model.Pack(b), file_identifier=b"TFL3")
-    return bytes(b.Output())
+    return modelmeta.seal(bytes(b.Output()))
 
 
 def tensor_report(raw: bytes) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def _data(a: argparse.Namespace) -> None:
 def _train(a: argparse.Namespace) -> None:
     from training.config import load_config
     from training.train import train
-    best = train(load_config(a.yaml), a.work_dir, resume=a.resume, max_steps=a.max_steps)
+    best = train(load_config(a.yaml), a.work_dir, resume=a.resume, max_steps=a.max_steps, overwrite=a.overwrite)
     print(f"best checkpoint: {best}")
 
 
@@ -36,8 +36,15 @@ def _eval(a: argparse.Namespace) -> None:
     run_eval(a.yaml, a.checkpoint, a.compare, a.json, a.plot, a.split, a.limit, a.segment)
 
 
+def _check_suffix(path: str, ext: str) -> None:
+    if Path(path).suffix.lower() != ext:
+        from fqse.boundary import UsageError
+        raise UsageError(f"-o {path}: this command writes {ext}; name the output *{ext}")
+
+
 def _export(a: argparse.Namespace) -> None:
     from conversion.onnx_export import export_onnx
+    _check_suffix(a.output, ".onnx")
     path = export_onnx(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml, step_frames=_step_frames(a))
     print(f"wrote {path}")
 
@@ -48,11 +55,16 @@ def _step_frames(a: argparse.Namespace) -> int | None:
         return None
     from training.checkpoint import load_model
     cfg = load_model(a.checkpoint).cfg
-    return max(1, round(a.step_ms * cfg.sample_rate / 1000 / cfg.stride))
+    if a.step_ms * cfg.sample_rate / 1000 < cfg.stride:
+        from fqse.boundary import UsageError
+        raise UsageError(f"--step-ms {a.step_ms:g} is shorter than one encoder hop "
+                         f"({1000 * cfg.stride / cfg.sample_rate:g} ms)")
+    return round(a.step_ms * cfg.sample_rate / 1000 / cfg.stride)
 
 
 def _convert(a: argparse.Namespace) -> None:
     from conversion.tflite_export import convert_tflite
+    _check_suffix(a.output, ".tflite")
     report = convert_tflite(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml, step_frames=_step_frames(a))
     print(json.dumps(report, indent=1))
 
@@ -89,6 +101,7 @@ def _report(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fqse.boundary import positive_float, positive_int
     p = argparse.ArgumentParser(prog="fqse", description="Fully quantized (int8) speech enhancement")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -110,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="float / vanilla QAT / FQSE training")
     s.add_argument("-y", "--yaml", required=True)
     s.add_argument("--work-dir")
-    s.add_argument("--resume", action="store_true")
-    s.add_argument("--max-steps", type=int)
+    s.add_argument("--resume", action="store_true", help="continue from WORK_DIR/last.pt")
+    s.add_argument("--overwrite", action="store_true", help="replace the checkpoints in a used work dir")
+    s.add_argument("--max-steps", type=positive_int)
     s.set_defaults(func=_train)
 
     s = sub.add_parser("eval", help="SI-SNR, SI-SNRi, SDR, STOI on a test split; SI-SNR vs input SNR plot")
@@ -121,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json")
     s.add_argument("--plot", help="PNG of output SI-SNR against input SNR")
     s.add_argument("--split", default="test_dir")
-    s.add_argument("--limit", type=int)
-    s.add_argument("--segment", type=float, help="seconds: evaluate on 50%%-overlapping segments (triangular "
+    s.add_argument("--limit", type=positive_int)
+    s.add_argument("--segment", type=positive_float, help="seconds: evaluate on 50%%-overlapping segments (triangular "
                    "weights) instead of whole utterances")
     s.set_defaults(func=_eval)
 
@@ -133,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--checkpoint", required=True)
         s.add_argument("-o", "--output", required=True, help=f"output {ext} file")
         s.add_argument("--float", action="store_true", help="export the float graph (no quantization)")
-        s.add_argument("--step-ms", type=float, help="streaming step model: this much audio per call, "
+        s.add_argument("--step-ms", type=positive_float, help="streaming step model: this much audio per call, "
                        "explicit state in/out (causal models)")
         s.set_defaults(func=fn)
 
@@ -154,22 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--model", required=True)
     s.add_argument("--stream", action="store_true")
-    s.add_argument("--hop-ms", type=float, default=16.0)
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--hop-ms", type=positive_float, default=16.0)
+    s.add_argument("--threads", type=positive_int, default=1)
     s.set_defaults(func=_enhance)
 
     s = sub.add_parser("stream", help="raw int16 mono PCM on stdin -> enhanced PCM on stdout")
     s.add_argument("--model", required=True)
-    s.add_argument("--hop-ms", type=float, default=16.0)
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--hop-ms", type=positive_float, default=16.0)
+    s.add_argument("--threads", type=positive_int, default=1)
     s.set_defaults(func=_stream)
 
     s = sub.add_parser("bench", help="seconds per second of audio, size, peak memory")
     s.add_argument("--model", nargs="+", required=True)
-    s.add_argument("--threads", type=int, nargs="+", default=[1])
-    s.add_argument("--seconds", type=float, default=4.0)
+    s.add_argument("--threads", type=positive_int, nargs="+", default=[1])
+    s.add_argument("--seconds", type=positive_float, default=4.0)
     s.add_argument("--stream", action="store_true")
-    s.add_argument("--hop-ms", type=float, default=16.0)
+    s.add_argument("--hop-ms", type=positive_float, default=16.0)
     s.add_argument("--json")
     s.set_defaults(func=_bench)
 
@@ -181,25 +195,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-y", "--yaml", required=True)
     s.add_argument("--checkpoints", nargs="+", required=True)
     s.add_argument("--out", default="artifacts/report")
-    s.add_argument("--limit", type=int)
+    s.add_argument("--limit", type=positive_int)
     s.set_defaults(func=_report)
+    from fqse.boundary import add_common_options
+    for s in sub.choices.values():
+        add_common_options(s)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fqse import boundary
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except KeyboardInterrupt:
-        print("fqse: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, RuntimeError, OSError) as exc:
-        if isinstance(exc, (ValueError, RuntimeError)) and type(exc).__module__.split(".")[0] not in (
-                "training", "conversion", "runtime", "fqse"):
-            raise
-        print(f"fqse {args.cmd}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    boundary.quiet_native_logs(args.verbose)
+    return boundary.run(args.cmd, args.func, args)
 
 
 if __name__ == "__main__":

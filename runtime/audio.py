@@ -2,16 +2,23 @@
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from runtime.files import atomic_write
+from runtime.resample import MAX_RATE, MIN_RATE, resample  # noqa: F401 - resample: one resampler for all
 
 
 class AudioError(ValueError):
     """Bad audio input; the message is one line meant for the user."""
+
+
+class AudioWarning(UserWarning):
+    """Audio that can be processed but probably not as the caller meant (e.g. float beyond [-1, 1])."""
 
 
 def read_audio(path: str | os.PathLike, sample_rate: int | None = None, *, strict_rate: bool = False,
@@ -22,6 +29,9 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None, *, stric
     unless ``strict_rate``, where a different rate is an error.
     """
     path = check_file(path)
+    info = audio_info(path, notes)
+    if sample_rate is not None and info.samplerate != sample_rate and strict_rate:
+        raise AudioError(f"{path}: sample rate {info.samplerate} Hz, expected {sample_rate} Hz")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types for corrupt input
@@ -45,6 +55,25 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None, *, stric
     return np.clip(x, -1.0, 1.0).astype(np.float32), sr
 
 
+def audio_info(path: Path, notes: list[str] | None = None) -> "sf._SoundFileInfo":
+    """The header of an audio file, checked before any sample is read: a readable format, a plausible sample
+    rate (MIN_RATE..MAX_RATE: a header saying 1 Hz would make resampling allocate gigabytes), at most 8
+    channels; a file shorter than its header says is noted (its samples up to the end are used)."""
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises several types for corrupt input
+        raise AudioError(f"{path}: not a readable audio file ({str(exc).strip().splitlines()[0]})") from None
+    if not MIN_RATE <= info.samplerate <= MAX_RATE:
+        raise AudioError(f"{path}: sample rate {info.samplerate} Hz in the header; supported {MIN_RATE}..{MAX_RATE} Hz")
+    if not 1 <= info.channels <= 8:
+        raise AudioError(f"{path}: {info.channels} channels in the header; supported 1..8")
+    m = re.search(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)", info.extra_info)
+    if m and int(m.group(1)) > int(m.group(2)):
+        msg = f"{path.name}: truncated: the header announces {m.group(1)} data bytes, the file holds {m.group(2)}"
+        warnings.warn(msg, AudioWarning, stacklevel=3)
+    return info
+
+
 def check_file(path: str | os.PathLike) -> Path:
     """A path that exists and is not empty, else a one-line AudioError."""
     path = Path(path)
@@ -65,27 +94,26 @@ def check_signal(x: np.ndarray, what: str = "signal") -> np.ndarray:
     return x
 
 
-def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Band-limited resampling of a whole signal (FFT method; numpy only)."""
-    if sr_in == sr_out:
-        return np.asarray(x, dtype=np.float32)
-    n_out = int(round(len(x) * sr_out / sr_in))
-    spec = np.fft.rfft(np.asarray(x, dtype=np.float64))
-    n_bins = n_out // 2 + 1
-    out_spec = np.zeros(n_bins, dtype=np.complex128)
-    k = min(n_bins, len(spec))
-    out_spec[:k] = spec[:k]
-    y = np.fft.irfft(out_spec, n=n_out) * (n_out / len(x))
-    return y.astype(np.float32)
-
-
 def to_int16(x: np.ndarray) -> np.ndarray:
     """Float in [-1, 1] -> int16 PCM (rounded, clipped)."""
     return np.clip(np.round(np.asarray(x, dtype=np.float64) * 32768.0), -32768, 32767).astype(np.int16)
 
 
+OUTPUT_FORMATS = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
+
+
+def output_format(path: str | os.PathLike) -> tuple[str, str]:
+    """(format, subtype) that the output's extension names; other extensions are refused."""
+    ext = Path(path).suffix.lower()
+    if ext not in OUTPUT_FORMATS:
+        raise AudioError(f"{path}: cannot write {ext or 'a file without extension'}; use "
+                         + ", ".join(OUTPUT_FORMATS))
+    return OUTPUT_FORMATS[ext]
+
+
 def write_audio(path: str | os.PathLike, x: np.ndarray, sample_rate: int) -> None:
-    """Write a mono wav (int16 PCM) atomically."""
+    """Write mono int16 audio atomically, in the format the extension names (.wav, .flac, .ogg)."""
     x = np.asarray(x)
     pcm = x if x.dtype == np.int16 else to_int16(x)
-    atomic_write(path, lambda tmp: sf.write(tmp, pcm, sample_rate, subtype="PCM_16", format="WAV"))
+    fmt, subtype = output_format(path)
+    atomic_write(path, lambda tmp: sf.write(tmp, pcm, sample_rate, subtype=subtype, format=fmt))

@@ -5,15 +5,13 @@ Both take the layout the exporters write: codes [1, S, T] int8 in, C outputs [1,
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-class ModelError(ValueError):
-    """A model file that cannot be used; one-line message."""
+from runtime import modelmeta
+from runtime.modelmeta import ModelError  # noqa: F401 - the runtime's model error, importable from here too
 
 
 class Backend:
@@ -43,14 +41,16 @@ class OnnxBackend(Backend):
         so.add_session_config_entry("session.qdqisint8allowed", "1")
         if optimized_path:
             so.optimized_model_filepath = str(optimized_path)
+        raw = path.read_bytes()
+        sealed = modelmeta.verify(raw, path)  # before onnxruntime parses a byte
         try:
-            self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            self.sess = ort.InferenceSession(raw, so, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:150]})") from None
         props = self.sess.get_modelmeta().custom_metadata_map
         if "fqse" not in props:
             raise ModelError(f"{path}: ONNX model without FQSE metadata (export it with `fqse export`)")
-        self.meta = json.loads(props["fqse"])
+        self.meta = modelmeta.check(props["fqse"], path, sealed)
         self.path = path
         self.in_name = self.sess.get_inputs()[0].name
         self.out_names = [o.name for o in self.sess.get_outputs()]
@@ -70,7 +70,8 @@ class TfliteBackend(Backend):
     def __init__(self, path: Path, threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
         raw = path.read_bytes()
-        self.meta = read_tflite_metadata(raw, path)
+        sealed = modelmeta.verify(raw, path)  # before any parser or the interpreter reads a byte
+        self.meta = modelmeta.check(read_tflite_metadata(raw, path), path, sealed)
         self.interp, self.kernels = None, ""
         # XNNPACK first; it fails to prepare some int8 graphs once the input is resized (seen with
         # ai-edge-litert 2.1.0 on this int8 ConvTasNet), then TFLite's built-in kernels are used.
@@ -114,8 +115,8 @@ class TfliteBackend(Backend):
         return np.concatenate([self.interp.get_tensor(o["index"]).reshape(1, -1) for o in self.outs], axis=0)
 
 
-def read_tflite_metadata(raw: bytes, path: Path) -> dict[str, Any]:
-    """The JSON that `fqse convert` stores as the TFLite metadata entry named "fqse"."""
+def read_tflite_metadata(raw: bytes, path: Path) -> str:
+    """The JSON text that `fqse convert` stores as the TFLite metadata entry named "fqse"."""
     from ai_edge_litert import schema_py_generated as schema
     if len(raw) < 8 or raw[4:8] != b"TFL3":
         raise ModelError(f"{path}: not a TFLite model")
@@ -124,7 +125,7 @@ def read_tflite_metadata(raw: bytes, path: Path) -> dict[str, Any]:
         for i in range(model.MetadataLength()):
             md = model.Metadata(i)
             if md.Name() == b"fqse":
-                return json.loads(model.Buffers(md.Buffer()).DataAsNumpy().tobytes().decode())
+                return model.Buffers(md.Buffer()).DataAsNumpy().tobytes().decode()
     except Exception as exc:
         raise ModelError(f"{path}: corrupt TFLite model ({exc})") from None
     raise ModelError(f"{path}: TFLite model without FQSE metadata (convert it with `fqse convert`)")

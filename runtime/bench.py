@@ -88,6 +88,9 @@ def measure_isolated(model: str, threads: int, seconds: float, stream: bool, hop
 
 def bench_cli(models: list[str], threads: list[int], seconds: float, stream: bool, hop_ms: float,
               json_out: str | None) -> list[dict[str, Any]]:
+    from runtime.backends import load_backend
+    for m in models:  # a bad model file: its own one-line error here, not a child process's last line
+        load_backend(m)
     rows = [measure_isolated(m, t, seconds, stream, hop_ms) for m in models for t in threads]
     if stream:
         print(f"{'model':<40} {'thr':>3} {'hop ms':>7} {'median ms':>10} {'p99 ms':>8} {'RTF':>7} {'peak MB':>8}")

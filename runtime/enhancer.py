@@ -13,14 +13,53 @@ Two streaming modes, chosen from the model's metadata:
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from runtime import pipeline
-from runtime.audio import AudioError, check_file, check_signal, read_audio, to_int16, write_audio
+from runtime.audio import AudioError, AudioWarning, audio_info, check_file, output_format, check_signal, read_audio, to_int16, write_audio
 from runtime.backends import Backend, load_backend
+
+
+ACCEPTED = "int16 PCM, or float32/float64 in [-1, 1]; mono, 1-D or shape (N, 1)"
+UNSCALED_FLOAT = 2.0  # float input beyond this is PCM that was not scaled to [-1, 1] (int16 PCM / 32768)
+
+
+def _pcm(x: np.ndarray, what: str = "input", allow_empty: bool = False) -> np.ndarray:
+    """Accepted Enhancer input -> native int16 PCM [N]; anything else is a one-line AudioError.
+
+    int16 of either byte order is taken as PCM; float must be finite and within [-1, 1]: values up to
+    UNSCALED_FLOAT are clipped with an AudioWarning, larger ones (unscaled PCM) are refused.
+    """
+    x = np.asarray(x)
+    if x.ndim == 2 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 1:
+        ch = f"; {x.shape[1]} channels: downmix first, e.g. x.mean(axis=1)" if x.ndim == 2 else ""
+        raise AudioError(f"{what}: shape {x.shape}, expected mono 1-D or (N, 1){ch}")
+    if x.dtype.kind == "i" and x.dtype.itemsize == 2:
+        x = x.astype(np.int16)  # native byte order, same values
+    elif x.dtype in (np.float32, np.float64):
+        if x.size and not np.all(np.isfinite(x)):
+            raise AudioError(f"{what}: contains NaN or infinite samples")
+        peak = float(np.max(np.abs(x))) if x.size else 0.0
+        if peak > UNSCALED_FLOAT:
+            raise AudioError(f"{what}: float samples reach {peak:.6g}; float input must be in [-1, 1] "
+                             "(divide int16 PCM by 32768, or pass it as int16)")
+        if peak > 1.0:
+            warnings.warn(f"{what}: float samples reach {peak:.4g} > 1; clipped to [-1, 1]", AudioWarning,
+                          stacklevel=3)
+        x = to_int16(np.clip(x, -1.0, 1.0))
+    else:
+        hint = " (int32 PCM: convert with (x >> 16).astype(np.int16))" if x.dtype.kind == "i" and \
+            x.dtype.itemsize == 4 else ""
+        raise AudioError(f"{what}: dtype {x.dtype} not accepted; expected {ACCEPTED}{hint}")
+    if x.size == 0 and not allow_empty:
+        raise AudioError(f"{what}: empty")
+    return x
 
 
 class Enhancer:
@@ -45,9 +84,11 @@ class Enhancer:
 
     @property
     def latency_samples(self) -> int:
+        """Input samples held back before their output appears, fed in blocks of `chunk` samples
+        (a block, plus the encoder look-ahead; the windowed causal mode runs once a whole block is ready)."""
         if self.step:
             return self.chunk + int(self.meta["stream_offset_samples"])
-        return (2 + (int(self.meta["n_combiner"]) > 1)) * self.hop if self.causal else self.block
+        return self.chunk + (1 + (int(self.meta["n_combiner"]) > 1)) * self.hop if self.causal else self.block
 
     def reset(self) -> None:
         self._buf = np.zeros(0, np.int16)  # input from absolute sample _buf_start to _seen
@@ -131,11 +172,15 @@ class Enhancer:
         return np.clip(np.round(out), -32768, 32767).astype(np.int16)
 
     # --- public API -------------------------------------------------------------------------------------
-    def process(self, chunk: np.ndarray) -> np.ndarray:
+    def _check_rate(self, sample_rate: int | None) -> None:
+        if sample_rate is not None and int(sample_rate) != self.sr:
+            raise AudioError(f"input at {sample_rate} Hz, the model runs at {self.sr} Hz: resample first "
+                             "(enhance_file resamples files)")
+
+    def process(self, chunk: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
         """Feed int16 PCM (or float in [-1, 1]); returns the enhanced samples ready so far (int16)."""
-        chunk = check_signal(np.asarray(chunk).reshape(-1), "input chunk") if len(chunk) else np.asarray(chunk)
-        if chunk.dtype != np.int16:
-            chunk = to_int16(chunk)
+        self._check_rate(sample_rate)
+        chunk = _pcm(chunk, "input chunk", allow_empty=True)
         self._buf = np.concatenate([self._buf, chunk])
         self._seen += len(chunk)
         out = self._advance(False)
@@ -153,10 +198,10 @@ class Enhancer:
         self.reset()
         return out
 
-    def enhance(self, pcm: np.ndarray) -> np.ndarray:
+    def enhance(self, pcm: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
         """Whole signal at once (offline; a step model streams it through)."""
-        pcm = check_signal(pcm, "input")
-        pcm = pcm if pcm.dtype == np.int16 else to_int16(pcm)
+        self._check_rate(sample_rate)
+        pcm = _pcm(pcm, "input")
         if self.step:
             self.reset()
             return np.concatenate([self.process(pcm), self.flush()])
@@ -186,30 +231,36 @@ class Enhancer:
         the output appears only when complete. Returns the number of samples written."""
         import soundfile as sf
         from runtime.files import atomic_write
+        from runtime.resample import StreamResampler
         src = check_file(src)
-        try:
-            info = sf.info(str(src))
-        except Exception as exc:
-            raise AudioError(f"{src}: not a readable audio file ({str(exc).splitlines()[0]})") from None
-        if info.samplerate != self.sr:  # resampling needs the whole signal
-            self.enhance_file(src, dst, stream=True, progress=progress, notes=notes)
-            return int(round(info.frames * self.sr / info.samplerate))
+        fmt, subtype = output_format(dst)
+        info = audio_info(src, notes)
         if info.channels > 1 and notes is not None:
             notes.append(f"{src.name}: {info.channels} channels downmixed to mono")
+        rs = StreamResampler(info.samplerate, self.sr) if info.samplerate != self.sr else None
+        if rs is not None and notes is not None:
+            notes.append(f"{src.name}: resampled {info.samplerate} Hz -> {self.sr} Hz")
         total = 0
 
         def write(tmp: str) -> None:
             nonlocal total
-            block = int(block_s * self.sr)
-            with sf.SoundFile(tmp, "w", self.sr, 1, "PCM_16", format="WAV") as out, \
-                    tqdm(total=info.frames, disable=not progress or info.frames < 5 * self.sr, desc="enhance",
-                         unit="sample", unit_scale=True) as bar:
-                for x in sf.blocks(str(src), blocksize=block, dtype="float32", always_2d=True):
+            block = int(block_s * info.samplerate)
+            with sf.SoundFile(tmp, "w", self.sr, 1, subtype, format=fmt) as out, \
+                    tqdm(total=info.frames, disable=not progress or info.frames < 5 * info.samplerate,
+                         desc="enhance", unit="sample", unit_scale=True) as bar:
+                blocks = sf.blocks(str(src), blocksize=block, dtype="float32", always_2d=True)
+                for x in blocks:
                     x = check_signal(x.mean(axis=1), f"{src}")
+                    bar.update(len(x))
+                    if rs is not None:
+                        x = rs.push(x)
                     y = self.process(to_int16(np.clip(x, -1, 1)))
                     out.write(y)
                     total += len(y)
-                    bar.update(len(x))
+                if rs is not None:
+                    y = self.process(to_int16(np.clip(rs.flush(), -1, 1)))
+                    out.write(y)
+                    total += len(y)
                 y = self.flush()
                 out.write(y)
                 total += len(y)
@@ -221,10 +272,12 @@ class Enhancer:
 
 
 def enhance_cli(src: str, dst: str, model: str, stream: bool = False, hop_ms: float = 16.0, threads: int = 1) -> None:
-    enh = Enhancer.from_file(model, threads, hop_ms=hop_ms)
-    notes: list[str] = []
     if Path(dst).resolve() == Path(src).resolve():
         raise AudioError("output would overwrite the input; choose another -o")
+    output_format(dst)
+    check_file(src)
+    enh = Enhancer.from_file(model, threads, hop_ms=hop_ms)
+    notes: list[str] = []
     if stream:
         enh.stream_file(src, dst, notes=notes)
     else:
@@ -237,16 +290,23 @@ def enhance_cli(src: str, dst: str, model: str, stream: bool = False, hop_ms: fl
 
 def stream_stdio(model: str, hop_ms: float = 16.0, threads: int = 1) -> None:
     """Raw int16 mono PCM at the model's rate on stdin -> enhanced PCM on stdout."""
+    if sys.stdin is None or sys.stdout is None:
+        raise AudioError("stdin or stdout is closed: pipe raw int16 PCM in and out")
     enh = Enhancer.from_file(model, threads, hop_ms=hop_ms)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     nbytes = enh.chunk * 2
+    odd = b""
     while True:
         data = inp.read(nbytes)
         if not data:
             break
-        if len(data) % 2:
-            data = data[:-1]
-        out.write(enh.process(np.frombuffer(data, np.int16)).tobytes())
+        data = odd + data
+        odd = data[len(data) // 2 * 2:]  # a sample split across reads waits for its second byte
+        data = data[: len(data) // 2 * 2]
+        out.write(enh.process(np.frombuffer(data, "<i2")).tobytes())
         out.flush()
+    if odd:
+        print("fqse stream: warning: input ended with an odd byte (half an int16 sample); it was dropped",
+              file=sys.stderr)
     out.write(enh.flush().tobytes())
     out.flush()

@@ -121,7 +121,7 @@ def test_fqse_models_quantize_every_tensor_on_integer_grid():
 
 
 def _state(path: Path) -> dict:
-    return torch.load(path, weights_only=False)
+    return torch.load(path, weights_only=True)
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tiny_data):

@@ -1,6 +1,7 @@
 """Checkpoints: atomic save, load with config checks, asteroid's pytorch_model.bin format."""
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,25 @@ def save(path: str | Path, model: ConvTasNet, **extra: Any) -> None:
 
 
 def read(path: str | Path) -> dict:
+    """A checkpoint's dict, loaded with weights_only=True: tensors and plain data only, nothing executes."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a directory, not a checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses any pickled global that is not a tensor or plain data (the exploit path)
+        what = re.search(r"GLOBAL (\S+)", str(exc))
+        detail = f"it references {what.group(1)}" if what else "it holds objects other than tensors and plain data"
+        raise CheckpointError(f"{path}: refused to load: {detail} (checkpoints are loaded with weights_only=True; "
+                              "only tensors, numbers, strings, lists and dicts are allowed)") from None
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).strip().splitlines()[0][:120]})") from None
+    if not isinstance(ck, dict):
+        raise CheckpointError(f"{path}: holds a {type(ck).__name__}, not a checkpoint dict")
+    return ck
 
 
 def check_config(ckpt_cfg: dict, cfg: ModelConfig, path: str | Path) -> None:
@@ -48,7 +61,12 @@ def load_model(path: str | Path, cfg: ModelConfig | None = None) -> ConvTasNet:
     ck = read(path)
     if ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an FQSE checkpoint (use training.pretrained for asteroid files)")
-    ck_cfg = ModelConfig(**ck["model_config"])
+    if not isinstance(ck.get("model_config"), dict) or not isinstance(ck.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: FQSE checkpoint without model_config/state_dict")
+    try:
+        ck_cfg = ModelConfig(**ck["model_config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: bad model_config ({exc})") from None
     if cfg is not None:
         check_config(ck["model_config"], cfg, path)
     model = ConvTasNet(ck_cfg)

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from training import config_schema
 from training.model import ModelConfig
 
 DEFAULTS: dict[str, Any] = {
@@ -35,19 +36,28 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path) -> dict:
-    """Read a YAML config (with an optional `base:` file it extends), filled with defaults."""
+def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML config (with an optional `base:` file it extends), checked against the schema
+    (training/config_schema.py: every problem in one message), filled with defaults."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise ConfigError(f"{path}: no such config")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: `base:` loop ({' -> '.join(p.name for p in _seen + (path,))})")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    bad = config_schema.problems(raw)
+    if bad:
+        raise ConfigError(f"{path}: " + "; ".join(bad))
     if "base" in raw:
-        parent = load_config(path.parent / raw.pop("base"))
-        return _merge(parent, raw)
-    conf = _merge(DEFAULTS, raw)
+        parent = load_config(path.parent / raw.pop("base"), _seen + (path.resolve(),))
+        conf = _merge(parent, raw)
+    else:
+        conf = _merge(DEFAULTS, raw)
+    for section in ("model", "dataset", "training"):  # `training:` with nothing under it
+        conf[section] = _merge(DEFAULTS[section], conf.get(section) or {})
     return conf
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,12 +81,43 @@ def plot_history(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+class WorkDirError(ValueError):
+    """A work dir that would lose checkpoints; one-line message."""
+
+
+CHECKPOINT_FILES = ("last.pt", "best.pt")
+
+
+def prepare_work_dir(work: Path, resume: bool, overwrite: bool, rank: int = 0) -> str | None:
+    """Refuse a work dir holding checkpoints unless resuming or told to overwrite; returns a note for the user."""
+    if resume and overwrite:
+        raise WorkDirError("--resume and --overwrite exclude each other")
+    held = [n for n in CHECKPOINT_FILES if (work / n).exists()]
+    if resume:
+        return None if (work / "last.pt").exists() else f"--resume: no {work / 'last.pt'}, starting fresh"
+    if held and not overwrite:
+        raise WorkDirError(f"{work} already holds {', '.join(held)}; use --resume to continue that run or "
+                           "--overwrite to replace it")
+    if held and rank == 0:  # --overwrite: no stale best.pt beside the new run's last.pt
+        for n in held + ["loss_curve.png"]:
+            (work / n).unlink(missing_ok=True)
+        return f"--overwrite: removed {', '.join(held)} from {work}"
+    return None
+
+
 def train(conf: dict, work_dir: str | Path | None = None, resume: bool = False, max_steps: int | None = None,
-          show_progress: bool = True) -> Path:
-    """Train per config; returns the path of the best checkpoint. `max_steps` stops early (for tests)."""
+          show_progress: bool = True, overwrite: bool = False) -> Path:
+    """Train per config; returns the path of the best checkpoint. `max_steps` stops early (for tests).
+
+    A work dir that holds checkpoints is refused unless `resume` (continue from last.pt) or `overwrite`."""
     device = _setup_distributed()
     rank, world = _dist_info()
     work = Path(work_dir or conf["work_dir"])
+    note = prepare_work_dir(work, resume, overwrite, rank)
+    if note and rank == 0:
+        print(f"note: {note}", file=sys.stderr)
+    if world > 1:
+        dist.barrier()  # every rank decided on the same files before rank 0 writes any
     work.mkdir(parents=True, exist_ok=True)
     cfg = model_config(conf)
     tr, ds_conf = conf["training"], conf["dataset"]
@@ -111,6 +143,10 @@ def train(conf: dict, work_dir: str | Path | None = None, resume: bool = False, 
     last, best = work / "last.pt", work / "best.pt"
     if resume and last.exists():
         ck = checkpoint.read(last)
+        missing = [k for k in ("model_config", "state_dict", "optimizer", "scheduler", "train_state", "torch_rng")
+                   if k not in ck]
+        if missing:
+            raise checkpoint.CheckpointError(f"{last}: cannot resume, missing {', '.join(missing)}")
         checkpoint.check_config(ck["model_config"], cfg, last)
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
