@@ -61,8 +61,9 @@ def per_layer_onnx(model: ConvTasNet, onnx_path: str | Path, x: np.ndarray, tol_
     proto = onnx.load(str(onnx_path))
     qnames = {n.output[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
     ops = [op for op in g.ops if op.qp is not None and op.output + "_q" in qnames]
+    code_type = proto.graph.input[0].type.tensor_type.elem_type  # INT8, or UINT8 (--activations uint8)
     for op in ops:
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(op.output + "_q", onnx.TensorProto.INT8, None))
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(op.output + "_q", code_type, None))
     captured: dict[str, torch.Tensor] = {}
     hooks = [op.quantizer.register_forward_hook(lambda m, i, o, name=op.output: captured.__setitem__(name, o.detach()))
              for op in ops]
@@ -76,12 +77,12 @@ def per_layer_onnx(model: ConvTasNet, onnx_path: str | Path, x: np.ndarray, tol_
         path = Path(tmp) / "all.onnx"
         onnx.save(proto, str(path))
         be = OnnxBackend(path)
-        res = dict(zip(be.out_names, be.sess.run(be.out_names, {be.in_name: x[None]})))
+        res = dict(zip(be.out_names, be.sess.run(be.out_names, {be.in_name: be.to_model(x)[None]})))
     rows = []
     for op in ops:
         s, z = op.qp
         ref = np.round(captured[op.output][0].numpy() / s) + z
-        d = np.abs(res[op.output + "_q"][0].astype(np.float64) - ref)
+        d = np.abs(be.from_model(res[op.output + "_q"][0]).astype(np.float64) - ref)
         rows.append({"tensor": op.output, "max_lsb": int(d.max()), "frac_over_tol": float((d > tol_lsb).mean()),
                      "frac_differ": float((d > 0).mean())})
     return rows

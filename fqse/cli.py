@@ -38,7 +38,8 @@ def _eval(a: argparse.Namespace) -> None:
 
 def _export(a: argparse.Namespace) -> None:
     from conversion.onnx_export import export_onnx
-    path = export_onnx(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml, step_frames=_step_frames(a))
+    path = export_onnx(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml, step_frames=_step_frames(a),
+                       activations=a.activations)
     print(f"wrote {path}")
 
 
@@ -135,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--float", action="store_true", help="export the float graph (no quantization)")
         s.add_argument("--step-ms", type=float, help="streaming step model: this much audio per call, "
                        "explicit state in/out (causal models)")
+        if name == "export":
+            s.add_argument("--activations", default="auto", choices=["auto", "uint8", "int8"],
+                           help="uint8: onnxruntime's fast path on x86 without VNNI; int8: ARM and x86 with VNNI; "
+                           "auto (default): what suits this machine's CPU. Same integer outputs either way")
         s.set_defaults(func=fn)
 
     s = sub.add_parser("parity", help="fake-quant torch vs deployed int8 models")
