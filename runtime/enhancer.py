@@ -26,6 +26,12 @@ from runtime.backends import Backend, load_backend
 class Enhancer:
     """`from_file(path)`, then `process(chunk)` / `flush()`, or `enhance_file(in, out)`."""
 
+    # Whole-signal runs go through windows of this many seconds, so memory does not grow with the
+    # length: causal models carry their receptive field as context (exact); non-causal ones run in one
+    # piece up to long_s, beyond that in 50 %-overlapping blocks of window_s (triangular weights).
+    window_s = 6.0
+    long_s = 60.0
+
     def __init__(self, backend: Backend, hop_ms: float = 16.0, block_ms: float = 1000.0):
         self.be = backend
         self.meta = backend.meta
@@ -160,7 +166,23 @@ class Enhancer:
         if self.step:
             self.reset()
             return np.concatenate([self.process(pcm), self.flush()])
-        return self._run_offline(pcm)
+        return self._windowed(pcm)
+
+    def _windowed(self, pcm: np.ndarray) -> np.ndarray:
+        """Whole signal, window by window (see `window_s`); the stream state is reset before and after."""
+        w = int(self.window_s * self.sr)
+        if len(pcm) <= w or (not self.causal and len(pcm) <= self.long_s * self.sr):
+            return self._run_offline(pcm)
+        block = self.block
+        if not self.causal:
+            self.block = max(4 * self.hop, w // (2 * self.hop) * 2 * self.hop)
+        self.reset()
+        try:
+            out = [self.process(pcm[i: i + w]) for i in range(0, len(pcm), w)] + [self.flush()]
+        finally:
+            self.block = block
+            self.reset()
+        return np.concatenate(out)
 
     def enhance_file(self, src: str | Path, dst: str | Path, stream: bool = False, progress: bool = True,
                      notes: list[str] | None = None) -> np.ndarray:
@@ -192,7 +214,8 @@ class Enhancer:
         except Exception as exc:
             raise AudioError(f"{src}: not a readable audio file ({str(exc).splitlines()[0]})") from None
         if info.samplerate != self.sr:  # resampling needs the whole signal
-            self.enhance_file(src, dst, stream=True, progress=progress, notes=notes)
+            # causal models give the same output either way, and whole-signal windows run faster
+            self.enhance_file(src, dst, stream=not self.causal, progress=progress, notes=notes)
             return int(round(info.frames * self.sr / info.samplerate))
         if info.channels > 1 and notes is not None:
             notes.append(f"{src.name}: {info.channels} channels downmixed to mono")
@@ -227,6 +250,8 @@ def enhance_cli(src: str, dst: str, model: str, stream: bool = False, hop_ms: fl
         raise AudioError("output would overwrite the input; choose another -o")
     if stream:
         enh.stream_file(src, dst, notes=notes)
+    elif enh.causal:  # window by window as it reads (flat memory), the same output as one run
+        enh.stream_file(src, dst, notes=notes, block_s=enh.window_s)
     else:
         enh.enhance_file(src, dst, notes=notes)
     for n in notes:
