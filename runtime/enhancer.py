@@ -263,6 +263,10 @@ def enhance_cli(src: str, dst: str, model: str, stream: bool = False, hop_ms: fl
 def stream_stdio(model: str, hop_ms: float = 16.0, threads: int = 1) -> None:
     """Raw int16 mono PCM at the model's rate on stdin -> enhanced PCM on stdout."""
     enh = Enhancer.from_file(model, threads, hop_ms=hop_ms)
+    if not enh.step:
+        print(f"fqse stream: note: {Path(model).name} is not a step model: every hop re-runs the model on its "
+              f"receptive field (not real time at full size); make one with `fqse convert/export --step-ms "
+              f"{hop_ms:g}`", file=sys.stderr)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     nbytes = enh.chunk * 2
     while True:
