@@ -79,6 +79,11 @@ def _bench(a: argparse.Namespace) -> None:
     bench_cli(a.model, threads=a.threads, seconds=a.seconds, stream=a.stream, hop_ms=a.hop_ms, json_out=a.json)
 
 
+def _golden(a: argparse.Namespace) -> None:
+    from runtime.golden import golden_cli
+    golden_cli(a.model, a.audio, a.output, a.seconds)
+
+
 def _demo(a: argparse.Namespace) -> None:
     from fqse.demo import run_demo
     run_demo(a.out)
@@ -177,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hop-ms", type=float, default=16.0)
     s.add_argument("--json")
     s.set_defaults(func=_bench)
+
+    s = sub.add_parser("golden", help="golden vectors (every tensor, bit-exact integer reference) for device bring-up")
+    s.add_argument("--model", required=True, help="int8 .tflite model (whole-utterance or step)")
+    s.add_argument("--audio", required=True)
+    s.add_argument("-o", "--output", required=True, help="output folder (npy files + index.json)")
+    s.add_argument("--seconds", type=float, default=2.0, help="at most this much of the audio")
+    s.set_defaults(func=_golden)
 
     s = sub.add_parser("demo", help="the whole pipeline on the embedded demo model and samples")
     s.add_argument("--out", default="artifacts/demo")
