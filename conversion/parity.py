@@ -88,6 +88,47 @@ def per_layer_onnx(model: ConvTasNet, onnx_path: str | Path, x: np.ndarray, tol_
     return rows
 
 
+def intref_outputs(tflite_path: str | Path, x: np.ndarray, exact: bool = False) -> np.ndarray:
+    """The integer reference (TFLite reference-kernel arithmetic; exact=True: exact requantization) on a
+    model input [S, T']: outputs [C, T']."""
+    from runtime.intref import IntegerReference
+    ref = IntegerReference.from_file(tflite_path, exact)
+    vals = ref.run([np.ascontiguousarray(x.T[None, None])])
+    return np.concatenate([vals[o].reshape(1, -1) for o in ref.outputs], axis=0)
+
+
+def per_layer_tflite(tflite_path: str | Path, x: np.ndarray) -> list[dict[str, Any]]:
+    """Layer by layer, each op fed the integer reference's int8 inputs: the share of output codes where
+    TFLite's fixed-point requantization differs from exact arithmetic (`fixed_vs_exact`), and where the
+    default kernels (XNNPACK, the op alone) differ from the reference kernels (`xnnpack_differ`, max LSB)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from runtime.intref import IntegerReference, single_op_model
+    raw = Path(tflite_path).read_bytes()
+    ref, exact = IntegerReference(raw, tflite_path), IntegerReference(raw, tflite_path, exact=True)
+    vals = ref.run([np.ascontiguousarray(x.T[None, None])])
+    rows = []
+    for k, (op, _, outs, _) in enumerate(ref.ops):
+        it = Interpreter(model_content=single_op_model(raw, k))
+        ins = it.get_input_details()
+        for d in ins:
+            it.resize_tensor_input(d["index"], list(vals[d["index"]].shape))
+        it.allocate_tensors()
+        for d in ins:
+            it.set_tensor(d["index"], vals[d["index"]])
+        it.invoke()
+        d = np.abs(it.get_tensor(it.get_output_details()[0]["index"]).astype(np.int32) - vals[outs[0]])
+        rows.append({"op": op, "tensor": ref.tensors[outs[0]].name, "max_lsb": int(d.max()),
+                     "xnnpack_differ": float((d > 0).mean()),
+                     "fixed_vs_exact": float((exact.run_op(k, vals) != vals[outs[0]]).mean())})
+    return rows
+
+
+def by_op_type(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """Per op type: the share of output codes with rows' `key` (weighted equally per layer)."""
+    kinds = sorted({r["op"] for r in rows})
+    return {k: float(np.mean([r[key] for r in rows if r["op"] == k])) for k in kinds}
+
+
 def run_parity(checkpoint: str, audio: str, onnx: str | None = None, tflite: str | None = None,
                clean: str | None = None, json_out: str | None = None, float_checkpoint: str | None = None,
                per_layer: bool = False) -> dict[str, Any]:
@@ -114,6 +155,29 @@ def run_parity(checkpoint: str, audio: str, onnx: str | None = None, tflite: str
         outputs.setdefault("fakequant", pipeline.post(ref, len(pcm), be.meta))
         r["path"] = str(path)
         result["models"][kind] = r
+    if tflite:  # error by source: float vs exact integer rounding, TFLite's fixed point, kernel sets
+        be = load_backend(tflite)
+        x = pipeline.pre(pcm, be.meta)
+        iref, iexact = intref_outputs(tflite, x), intref_outputs(tflite, x, exact=True)
+        src = {"fakequant vs exact integer": compare(torch_outputs(model, x), iexact, be.meta)["snr_db"],
+               "exact integer vs intref (TFLite fixed point)": compare(iexact, iref, be.meta)["snr_db"],
+               "intref vs tflite": compare(iref, be.run(x), be.meta)["snr_db"]}
+        if onnx:
+            ob = load_backend(onnx)
+            src["intref vs onnx"] = compare(iref, ob.run(pipeline.pre(pcm, ob.meta)), be.meta)["snr_db"]
+        result["by_source_snr_db"] = src
+        outputs["intref"] = pipeline.post(iref, len(pcm), be.meta)
+        print("error by source (combined output SNR, dB): " + ", ".join(f"{k} {v:.1f}" for k, v in src.items()))
+        if per_layer:
+            rows = per_layer_tflite(tflite, x)
+            result["per_layer_tflite"] = rows
+            result["fixed_vs_exact_by_op"] = by_op_type(rows, "fixed_vs_exact")
+            result["xnnpack_differ_by_op"] = by_op_type(rows, "xnnpack_differ")
+            print("per layer (TFLite, each op fed the same int8 input), share of codes by op type: fixed point vs "
+                  "exact: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in result["fixed_vs_exact_by_op"].items() if v)
+                  + "; XNNPACK vs reference kernels: " + ", ".join(
+                      f"{k} {100 * v:.2f}%" for k, v in result["xnnpack_differ_by_op"].items() if v)
+                  + f" (max {max(r['max_lsb'] for r in rows)} LSB)")
     if per_layer and onnx:
         rows = per_layer_onnx(model, onnx, pipeline.pre(pcm, load_backend(onnx).meta))
         result["per_layer_onnx"] = rows

@@ -87,9 +87,13 @@ _TYPES = {0: "float32", 2: "int32", 3: "uint8", 4: "int64", 9: "int8", 7: "int16
 
 
 class IntegerReference:
-    """`IntegerReference(raw_tflite).run([x, *states])` -> every tensor by index (int8/int32 arrays)."""
+    """`IntegerReference(raw_tflite).run([x, *states])` -> every tensor by index (int8/int32 arrays).
 
-    def __init__(self, raw: bytes, path: str | Path = "model"):
+    exact=True: the same graph with every requantization done in exact arithmetic instead (float64 real
+    multiplier, rounded half away from zero): what the fixed-point form approximates, for diagnosis."""
+
+    def __init__(self, raw: bytes, path: str | Path = "model", exact: bool = False):
+        self.exact = exact
         from ai_edge_litert import schema_py_generated as schema
         try:
             model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(raw, 0))
@@ -122,8 +126,19 @@ class IntegerReference:
                                   "(the integer reference runs fully-integer models)")
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "IntegerReference":
-        return cls(Path(path).read_bytes(), path)
+    def from_file(cls, path: str | Path, exact: bool = False) -> "IntegerReference":
+        return cls(Path(path).read_bytes(), path, exact)
+
+    def _rq(self, acc: np.ndarray, m: np.ndarray | float) -> np.ndarray:
+        """acc x real multiplier m: TFLite's fixed-point form, or exact (self.exact)."""
+        m = np.asarray(m, np.float64)
+        if self.exact:
+            v = acc.astype(np.float64) * m
+            return (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(np.int64)
+        qs = [quantize_multiplier(float(v)) for v in m.reshape(-1)]
+        q = np.array([a for a, _ in qs]).reshape(m.shape)
+        sh = np.array([b for _, b in qs]).reshape(m.shape)
+        return requantize(acc, q, sh)
 
     def run(self, inputs: list[np.ndarray]) -> dict[int, np.ndarray]:
         """inputs: int8 arrays in the interpreter's layout (NHWC, [1, 1, T, C]); returns all tensors."""
@@ -132,11 +147,16 @@ class IntegerReference:
         vals: dict[int, np.ndarray] = {t.index: t.data for t in self.tensors if t.data is not None}
         for i, x in zip(self.inputs, inputs):
             vals[i] = np.asarray(x, np.int8)
-        for op, ins, outs, opts in self.ops:
-            vals[outs[0]] = getattr(self, "_op_" + op.lower())([vals.get(i) if i >= 0 else None for i in ins],
-                                                               [self.tensors[i] if i >= 0 else None for i in ins],
-                                                               self.tensors[outs[0]], opts)
+        for k, (_, _, outs, _) in enumerate(self.ops):
+            vals[outs[0]] = self.run_op(k, vals)
         return vals
+
+    def run_op(self, k: int, vals: dict[int, np.ndarray]) -> np.ndarray:
+        """Op k on the tensors in vals (by index): its output."""
+        op, ins, outs, opts = self.ops[k]
+        return getattr(self, "_op_" + op.lower())([vals.get(i) if i >= 0 else None for i in ins],
+                                                  [self.tensors[i] if i >= 0 else None for i in ins],
+                                                  self.tensors[outs[0]], opts)
 
     # --- ops (inputs: arrays; ts: their Tensors; out: the output Tensor) ---
     @staticmethod
@@ -178,8 +198,7 @@ class IntegerReference:
             acc += b.astype(np.int64)
         in_s = np.float64(np.float32(tx.scale[0]))
         eff = in_s * tw.scale.astype(np.float64) / np.float64(out.scale[0])
-        qs = [quantize_multiplier(float(m)) for m in np.broadcast_to(eff, (acc.shape[1],))]
-        y = requantize(acc, np.array([q for q, _ in qs]), np.array([s for _, s in qs])) + int(out.zero_point[0])
+        y = self._rq(acc, np.broadcast_to(eff, (acc.shape[1],))) + int(out.zero_point[0])
         return _clamp8(y, *self._act_range(out, opts.fusedActivationFunction))[None, None]
 
     def _op_conv_2d(self, v, ts, out, opts):
@@ -192,21 +211,28 @@ class IntegerReference:
 
     def _op_leaky_relu(self, v, ts, out, opts):
         s_in, s_out = np.float32(ts[0].scale[0]), np.float32(out.scale[0])
-        qa, sa = quantize_multiplier(float(np.float32(s_in * np.float32(opts.alpha)) / s_out))  # float32 in TFLite
-        qi, si = quantize_multiplier(float(np.float32(s_in / s_out)))
+        ma = np.float32(np.float32(s_in * np.float32(opts.alpha)) / s_out)  # float32 in TFLite
+        mi = np.float32(s_in / s_out)
+        if self.exact:
+            ma, mi = np.float64(s_in) * np.float64(np.float32(opts.alpha)) / np.float64(s_out), np.float64(s_in) / np.float64(s_out)
         x = v[0].astype(np.int64) - int(ts[0].zero_point[0])
-        y = np.where(x >= 0, requantize(x, qi, si), requantize(x, qa, sa)) + int(out.zero_point[0])
+        y = np.where(x >= 0, self._rq(x, mi), self._rq(x, ma)) + int(out.zero_point[0])
         return _clamp8(y)
 
     def _add_sub(self, v, ts, out, opts, sign: int) -> np.ndarray:
         left = 20
         s1, s2 = np.float32(ts[0].scale[0]), np.float32(ts[1].scale[0])
+        x1, x2 = v[0].astype(np.int64) - int(ts[0].zero_point[0]), v[1].astype(np.int64) - int(ts[1].zero_point[0])
+        if self.exact:
+            r = (np.float64(s1) * x1 + sign * np.float64(s2) * x2) / np.float64(out.scale[0])
+            y = (np.sign(r) * np.floor(np.abs(r) + 0.5)).astype(np.int64) + int(out.zero_point[0])
+            return _clamp8(y, *self._act_range(out, opts.fusedActivationFunction))
         twice_max = 2.0 * np.float64(max(s1, s2))
         q1, sh1 = quantize_multiplier(float(np.float64(s1) / twice_max))
         q2, sh2 = quantize_multiplier(float(np.float64(s2) / twice_max))
         qo, sho = quantize_multiplier(float(twice_max / np.float64(np.float32((1 << left) * np.float32(out.scale[0])))))
-        a = requantize((v[0].astype(np.int64) - int(ts[0].zero_point[0])) << left, q1, sh1)
-        b = requantize((v[1].astype(np.int64) - int(ts[1].zero_point[0])) << left, q2, sh2)
+        a = requantize(x1 << left, q1, sh1)
+        b = requantize(x2 << left, q2, sh2)
         y = requantize(a + sign * b, qo, sho) + int(out.zero_point[0])
         return _clamp8(y, *self._act_range(out, opts.fusedActivationFunction))
 
@@ -218,9 +244,9 @@ class IntegerReference:
 
     def _op_mul(self, v, ts, out, opts):
         s1, s2, so = np.float32(ts[0].scale[0]), np.float32(ts[1].scale[0]), np.float32(out.scale[0])
-        q, sh = quantize_multiplier(float(np.float32(np.float32(s1 * s2) / so)))
+        m = np.float64(s1) * np.float64(s2) / np.float64(so) if self.exact else np.float32(np.float32(s1 * s2) / so)
         prod = (v[0].astype(np.int64) - int(ts[0].zero_point[0])) * (v[1].astype(np.int64) - int(ts[1].zero_point[0]))
-        y = requantize(prod, q, sh) + int(out.zero_point[0])
+        y = self._rq(prod, m) + int(out.zero_point[0])
         return _clamp8(y, *self._act_range(out, opts.fusedActivationFunction))
 
     def _op_pad(self, v, ts, out, opts):
