@@ -100,7 +100,8 @@ def intref_outputs(tflite_path: str | Path, x: np.ndarray, exact: bool = False) 
 def per_layer_tflite(tflite_path: str | Path, x: np.ndarray) -> list[dict[str, Any]]:
     """Layer by layer, each op fed the integer reference's int8 inputs: the share of output codes where
     TFLite's fixed-point requantization differs from exact arithmetic (`fixed_vs_exact`), and where the
-    default kernels (XNNPACK, the op alone) differ from the reference kernels (`xnnpack_differ`, max LSB)."""
+    default kernels (XNNPACK, the op alone) differ from the reference kernels (`xnnpack_differ`, max LSB)
+    and from exact arithmetic (`xnnpack_vs_exact`)."""
     from ai_edge_litert.interpreter import Interpreter
     from runtime.intref import IntegerReference, single_op_model
     raw = Path(tflite_path).read_bytes()
@@ -116,10 +117,12 @@ def per_layer_tflite(tflite_path: str | Path, x: np.ndarray) -> list[dict[str, A
         for d in ins:
             it.set_tensor(d["index"], vals[d["index"]])
         it.invoke()
-        d = np.abs(it.get_tensor(it.get_output_details()[0]["index"]).astype(np.int32) - vals[outs[0]])
+        got = it.get_tensor(it.get_output_details()[0]["index"])
+        d = np.abs(got.astype(np.int32) - vals[outs[0]])
+        ex = exact.run_op(k, vals)
         rows.append({"op": op, "tensor": ref.tensors[outs[0]].name, "max_lsb": int(d.max()),
-                     "xnnpack_differ": float((d > 0).mean()),
-                     "fixed_vs_exact": float((exact.run_op(k, vals) != vals[outs[0]]).mean())})
+                     "xnnpack_differ": float((d > 0).mean()), "fixed_vs_exact": float((ex != vals[outs[0]]).mean()),
+                     "xnnpack_vs_exact": float((ex != got).mean())})
     return rows
 
 
@@ -173,11 +176,13 @@ def run_parity(checkpoint: str, audio: str, onnx: str | None = None, tflite: str
             result["per_layer_tflite"] = rows
             result["fixed_vs_exact_by_op"] = by_op_type(rows, "fixed_vs_exact")
             result["xnnpack_differ_by_op"] = by_op_type(rows, "xnnpack_differ")
+            result["xnnpack_vs_exact_by_op"] = by_op_type(rows, "xnnpack_vs_exact")
             print("per layer (TFLite, each op fed the same int8 input), share of codes by op type: fixed point vs "
                   "exact: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in result["fixed_vs_exact_by_op"].items() if v)
                   + "; XNNPACK vs reference kernels: " + ", ".join(
                       f"{k} {100 * v:.2f}%" for k, v in result["xnnpack_differ_by_op"].items() if v)
-                  + f" (max {max(r['max_lsb'] for r in rows)} LSB)")
+                  + f" (max {max(r['max_lsb'] for r in rows)} LSB); XNNPACK vs exact: " + (", ".join(
+                      f"{k} {100 * v:.4f}%" for k, v in result["xnnpack_vs_exact_by_op"].items() if v) or "none"))
     if per_layer and onnx:
         rows = per_layer_onnx(model, onnx, pipeline.pre(pcm, load_backend(onnx).meta))
         result["per_layer_onnx"] = rows
