@@ -40,7 +40,8 @@ def write_golden(model: str | Path, audio: str | Path, out: str | Path, max_seco
         raise ModelError(f"{model}: golden vectors come from the integer reference of an int8 .tflite model")
     be = load_backend(model)
     notes: list[str] = []
-    pcm = to_int16(read_audio(audio, int(be.meta["sample_rate"]), notes=notes)[0])[: int(max_seconds * be.meta["sample_rate"])]
+    sr = int(be.meta["sample_rate"])
+    pcm = to_int16(read_audio(audio, sr, notes=notes)[0])[: int(max_seconds * sr)]
     ref = IntegerReference.from_file(model)
     xs = golden_inputs(be, pcm)
     vals = ref.run(xs)

@@ -214,7 +214,8 @@ class IntegerReference:
         ma = np.float32(np.float32(s_in * np.float32(opts.alpha)) / s_out)  # float32 in TFLite
         mi = np.float32(s_in / s_out)
         if self.exact:
-            ma, mi = np.float64(s_in) * np.float64(np.float32(opts.alpha)) / np.float64(s_out), np.float64(s_in) / np.float64(s_out)
+            mi = np.float64(s_in) / np.float64(s_out)
+            ma = mi * np.float64(np.float32(opts.alpha))
         x = v[0].astype(np.int64) - int(ts[0].zero_point[0])
         y = np.where(x >= 0, self._rq(x, mi), self._rq(x, ma)) + int(out.zero_point[0])
         return _clamp8(y)
