@@ -93,7 +93,10 @@ def snap_prelu(prelu: nn.Module, q_in: "ActQuant", q_out: "ActQuant") -> None:
     s_out, zp = q_out.qparams()[:2]
     if q_out.fixed is not None or q_out.max.item() - q_out.min.item() < qmath.MIN_RANGE:
         return
-    a = max(1, 2 * round((LRELU_GRID * s_in / s_out - 1) / 2) + 1)
+    ratio = LRELU_GRID * s_in / s_out
+    if not 16 <= ratio <= 32768:  # the grid would move the range by > 3 % (or XNNPACK refuses the op): leave it
+        return
+    a = 2 * round((ratio - 1) / 2) + 1
     s_new = LRELU_GRID * s_in / a
     zp_u = zp - qmath.Q_MIN
     q_out.min.fill_(-zp_u * s_new)
