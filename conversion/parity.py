@@ -51,9 +51,12 @@ def compare(ref: np.ndarray, got: np.ndarray, meta: dict[str, Any]) -> dict[str,
     return res
 
 
-def per_layer_onnx(model: ConvTasNet, onnx_path: str | Path, x: np.ndarray, tol_lsb: int = 1) -> list[dict[str, Any]]:
+def per_layer_onnx(model: ConvTasNet, onnx_path: str | Path, x: np.ndarray, tol_lsb: int = 1,
+                   tflite: str | Path | None = None) -> list[dict[str, Any]]:
     """Every QAT-quantized tensor of the ONNX model (as int8 codes) against the fake-quant torch model,
-    in graph order; the first entry over `tol_lsb` is where they diverge."""
+    in graph order; the first entry over `tol_lsb` is where they diverge. With `tflite`: also against the
+    integer reference's tensor of the same (scale, zero point, shape), fixed-point (`intref_differ`) and
+    exact (`exact_differ`): where onnxruntime leaves TFLite's arithmetic, and exact arithmetic."""
     import onnx
     from conversion.graph import build_graph
     from runtime.backends import OnnxBackend
@@ -78,14 +81,45 @@ def per_layer_onnx(model: ConvTasNet, onnx_path: str | Path, x: np.ndarray, tol_
         onnx.save(proto, str(path))
         be = OnnxBackend(path)
         res = dict(zip(be.out_names, be.sess.run(be.out_names, {be.in_name: be.to_model(x)[None]})))
+    refs = _intref_by_qparams(tflite, x) if tflite else {}
     rows = []
     for op in ops:
         s, z = op.qp
         ref = np.round(captured[op.output][0].numpy() / s) + z
-        d = np.abs(be.from_model(res[op.output + "_q"][0]).astype(np.float64) - ref)
-        rows.append({"tensor": op.output, "max_lsb": int(d.max()), "frac_over_tol": float((d > tol_lsb).mean()),
-                     "frac_differ": float((d > 0).mean())})
+        got = be.from_model(res[op.output + "_q"][0])
+        d = np.abs(got.astype(np.float64) - ref)
+        row = {"tensor": op.output, "max_lsb": int(d.max()), "frac_over_tol": float((d > tol_lsb).mean()),
+               "frac_differ": float((d > 0).mean())}
+        match = refs.get((float(np.float32(s)), int(z), got.shape))
+        if match is not None:
+            row["intref_differ"] = float((match[0] != got).mean())
+            row["exact_differ"] = float((match[1] != got).mean())
+        rows.append(row)
     return rows
+
+
+def _intref_by_qparams(tflite_path: str | Path, x: np.ndarray) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
+    """Integer-reference tensors (fixed point, exact) in ONNX layout [C, T], keyed by (scale, zero point,
+    shape); keys that several tensors share are left out (no unique match)."""
+    from runtime.intref import IntegerReference
+    raw = Path(tflite_path).read_bytes()
+    ref, ex = IntegerReference(raw, tflite_path), IntegerReference(raw, tflite_path, exact=True)
+    xs = [np.ascontiguousarray(x.T[None, None])]
+    vf, ve = ref.run(xs), ex.run(xs)
+    out: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    seen: set[tuple] = set()
+    for _, _, outs, _ in ref.ops:
+        t = ref.tensors[outs[0]]
+        v = vf[outs[0]]
+        if t.scale is None or len(t.scale) != 1 or v.ndim != 4:
+            continue
+        key = (float(t.scale[0]), int(t.zero_point[0]), (v.shape[3], v.shape[2]))
+        if key in seen:
+            out.pop(key, None)
+            continue
+        seen.add(key)
+        out[key] = (v[0, 0].T, ve[outs[0]][0, 0].T)
+    return out
 
 
 def intref_outputs(tflite_path: str | Path, x: np.ndarray, exact: bool = False) -> np.ndarray:
@@ -184,9 +218,15 @@ def run_parity(checkpoint: str, audio: str, onnx: str | None = None, tflite: str
                   + f" (max {max(r['max_lsb'] for r in rows)} LSB); XNNPACK vs exact: " + (", ".join(
                       f"{k} {100 * v:.4f}%" for k, v in result["xnnpack_vs_exact_by_op"].items() if v) or "none"))
     if per_layer and onnx:
-        rows = per_layer_onnx(model, onnx, pipeline.pre(pcm, load_backend(onnx).meta))
+        rows = per_layer_onnx(model, onnx, pipeline.pre(pcm, load_backend(onnx).meta), tflite=tflite)
         result["per_layer_onnx"] = rows
         first = next((r for r in rows if r["max_lsb"] > 1), None)
+        matched = [r for r in rows if "intref_differ" in r]
+        if matched:
+            off = next((r for r in matched if r["intref_differ"] > 0), None)
+            print(f"per layer (ONNX vs integer reference, {len(matched)} tensors matched): "
+                  + (f"first differing tensor {off['tensor']} ({100 * off['intref_differ']:.3f} % of codes; vs exact "
+                     f"arithmetic {100 * off['exact_differ']:.3f} %)" if off else "all equal"))
         print("per layer (ONNX vs fake-quant): " + (f"first tensor over 1 LSB: {first['tensor']} (max {first['max_lsb']} LSB, "
               f"{100 * first['frac_over_tol']:.3f} % of values)" if first else "no tensor differs by more than 1 LSB"))
     if float_checkpoint:

@@ -155,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tflite")
     s.add_argument("--float-checkpoint", help="a float model to compare as well")
     s.add_argument("--per-layer", action="store_true", help="ONNX: every quantized tensor against the fake-quant "
-                   "model; names the first one more than 1 LSB off. TFLite: each op's kernel against the integer "
-                   "reference, fed the same int8 input")
+                   "model; names the first one more than 1 LSB off (and, with --tflite, against the integer reference). "
+                   "TFLite: each op's kernel against the integer reference, fed the same int8 input")
     s.add_argument("--json")
     s.set_defaults(func=_parity)
 
