@@ -56,9 +56,10 @@ def main(argv: list[str] | None = None) -> dict:
         f = make_model(norm, False, out / f"float_{norm}.pt")
         r: dict = {}
         t = time.time()
-        export_onnx(q, out / f"fqse_{norm}_int8.onnx")
+        export_onnx(q, out / f"fqse_{norm}_int8.onnx", activations="int8")
         r["export_onnx_s"] = time.time() - t
-        models = {"onnx_int8": out / f"fqse_{norm}_int8.onnx"}
+        export_onnx(q, out / f"fqse_{norm}_uint8.onnx", activations="uint8")
+        models = {"onnx_int8": out / f"fqse_{norm}_int8.onnx", "onnx_uint8": out / f"fqse_{norm}_uint8.onnx"}
         export_onnx(f, out / f"float_{norm}.onnx", float_model=True)
         models["onnx_float"] = out / f"float_{norm}.onnx"
         if norm == "BN":
@@ -77,11 +78,14 @@ def main(argv: list[str] | None = None) -> dict:
             t = time.time()
             convert_tflite(q, out / f"fqse_{norm}_int8_step16ms.tflite", step_frames=16)
             r["convert_tflite_step_s"] = time.time() - t
-            for threads in (1, 2):
-                m = measure_isolated(str(out / f"fqse_{norm}_int8_step16ms.tflite"), threads, 10.0, True, 16.0)
-                r[f"stream_step_{threads}thread"] = {k: m[k] for k in ("hop_ms", "hop_median_ms", "hop_p99_ms", "rtf",
-                                                                        "latency_ms", "peak_rss_mb", "kernels")}
-                print(f"{norm} step model, {threads} thread(s): 16 ms hop, median {m['hop_median_ms']:.2f} ms, "
+            export_onnx(q, out / f"fqse_{norm}_uint8_step16ms.onnx", step_frames=16, activations="uint8")
+            for kind, threads in (("tflite", 1), ("tflite", 2), ("onnx", 1)):
+                act = "int8" if kind == "tflite" else "uint8"
+                m = measure_isolated(str(out / f"fqse_{norm}_{act}_step16ms.{kind}"), threads, 10.0, True, 16.0)
+                key = f"stream_step_{threads}thread" + ("_onnx_uint8" if kind == "onnx" else "")
+                r[key] = {k: m[k] for k in ("hop_ms", "hop_median_ms", "hop_p99_ms", "rtf",
+                                            "latency_ms", "peak_rss_mb", "kernels")}
+                print(f"{norm} {kind} {act} step model, {threads} thread(s): 16 ms hop, median {m['hop_median_ms']:.2f} ms, "
                       f"p99 {m['hop_p99_ms']:.2f} ms")
         for name, path in models.items():
             m = measure_isolated(str(path), 1, a.seconds, False, 16.0)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -168,9 +170,43 @@ def graph_to_onnx(g: Graph, states: list | None = None) -> onnx.ModelProto:
     return model
 
 
+def as_uint8(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same QDQ model with uint8 activations and weights (every int8 code + 128, every int8 zero
+    point + 128): the same real values, so the integer outputs equal the int8 form's + 128 exactly.
+    onnxruntime runs it as U8U8 units, its fast int8 path on x86 without VNNI; U8S8 (int8 weights) is
+    not exact there (its AVX2 kernel saturates pairs of products to int16)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for i, init in enumerate(m.graph.initializer):
+        if init.data_type == TensorProto.INT8:
+            v = numpy_helper.to_array(init).astype(np.int16) + 128
+            m.graph.initializer[i].CopyFrom(numpy_helper.from_array(v.astype(np.uint8), init.name))
+    for v in [*m.graph.input, *m.graph.output]:
+        if v.type.tensor_type.elem_type == TensorProto.INT8:
+            v.type.tensor_type.elem_type = TensorProto.UINT8
+    props = {p.key: p.value for p in m.metadata_props}
+    meta = json.loads(props["fqse"])
+    meta["activations"] = "uint8"
+    del m.metadata_props[:]
+    helper.set_model_props(m, {**props, "fqse": modelmeta.dumps(meta)})
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+ACTIVATIONS = ("auto", "uint8", "int8")
+
+
 def export_onnx(checkpoint: str | Path, output: str | Path, float_model: bool = False, yaml: str | None = None,
-                step_frames: int | None = None) -> Path:
-    """Checkpoint -> .onnx (written atomically); with step_frames, the streaming step model."""
+                step_frames: int | None = None, activations: str = "auto") -> Path:
+    """Checkpoint -> .onnx (written atomically); with step_frames, the streaming step model.
+    activations: "int8" (s8s8: fast on ARM and x86 with VNNI), "uint8" (u8u8: fast on x86 without
+    VNNI; the model's int8 boundary codes are shifted by the runtime), or "auto" (what suits this CPU,
+    runtime.cpu.onnx_activations). Both forms give the same integer outputs."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations {activations!r}: use one of {', '.join(ACTIVATIONS)}")
+    if activations == "auto":
+        from runtime.cpu import onnx_activations
+        activations = onnx_activations()
     cfg = model_config(load_config(yaml)) if yaml else None
     model = load_model(checkpoint, cfg)
     g = build_graph(model, quantized=not float_model)
@@ -178,6 +214,8 @@ def export_onnx(checkpoint: str | Path, output: str | Path, float_model: bool = 
     if step_frames:
         g, states = build_step_graph(g, step_frames)
     proto = graph_to_onnx(g, states)
+    if activations == "uint8" and g.quantized:
+        proto = as_uint8(proto)
     raw = modelmeta.seal(proto.SerializeToString())
     atomic_write(output, lambda tmp: Path(tmp).write_bytes(raw))
     return Path(output)

@@ -51,9 +51,12 @@ def compare(ref: np.ndarray, got: np.ndarray, meta: dict[str, Any]) -> dict[str,
     return res
 
 
-def per_layer_onnx(model: ConvTasNet, onnx_path: str | Path, x: np.ndarray, tol_lsb: int = 1) -> list[dict[str, Any]]:
+def per_layer_onnx(model: ConvTasNet, onnx_path: str | Path, x: np.ndarray, tol_lsb: int = 1,
+                   tflite: str | Path | None = None) -> list[dict[str, Any]]:
     """Every QAT-quantized tensor of the ONNX model (as int8 codes) against the fake-quant torch model,
-    in graph order; the first entry over `tol_lsb` is where they diverge."""
+    in graph order; the first entry over `tol_lsb` is where they diverge. With `tflite`: also against the
+    integer reference's tensor of the same (scale, zero point, shape), fixed-point (`intref_differ`) and
+    exact (`exact_differ`): where onnxruntime leaves TFLite's arithmetic, and exact arithmetic."""
     import onnx
     from conversion.graph import build_graph
     from runtime.backends import OnnxBackend
@@ -61,8 +64,9 @@ def per_layer_onnx(model: ConvTasNet, onnx_path: str | Path, x: np.ndarray, tol_
     proto = onnx.load(str(onnx_path))
     qnames = {n.output[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
     ops = [op for op in g.ops if op.qp is not None and op.output + "_q" in qnames]
+    code_type = proto.graph.input[0].type.tensor_type.elem_type  # INT8, or UINT8 (--activations uint8)
     for op in ops:
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(op.output + "_q", onnx.TensorProto.INT8, None))
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(op.output + "_q", code_type, None))
     captured: dict[str, torch.Tensor] = {}
     hooks = [op.quantizer.register_forward_hook(lambda m, i, o, name=op.output: captured.__setitem__(name, o.detach()))
              for op in ops]
@@ -76,15 +80,90 @@ def per_layer_onnx(model: ConvTasNet, onnx_path: str | Path, x: np.ndarray, tol_
         path = Path(tmp) / "all.onnx"
         path.write_bytes(modelmeta.seal(proto.SerializeToString()))  # outputs added: sealed anew
         be = OnnxBackend(path)
-        res = dict(zip(be.out_names, be.sess.run(be.out_names, {be.in_name: x[None]})))
+        res = dict(zip(be.out_names, be.sess.run(be.out_names, {be.in_name: be.to_model(x)[None]})))
+    refs = _intref_by_qparams(tflite, x) if tflite else {}
     rows = []
     for op in ops:
         s, z = op.qp
         ref = np.round(captured[op.output][0].numpy() / s) + z
-        d = np.abs(res[op.output + "_q"][0].astype(np.float64) - ref)
-        rows.append({"tensor": op.output, "max_lsb": int(d.max()), "frac_over_tol": float((d > tol_lsb).mean()),
-                     "frac_differ": float((d > 0).mean())})
+        got = be.from_model(res[op.output + "_q"][0])
+        d = np.abs(got.astype(np.float64) - ref)
+        row = {"tensor": op.output, "max_lsb": int(d.max()), "frac_over_tol": float((d > tol_lsb).mean()),
+               "frac_differ": float((d > 0).mean())}
+        match = refs.get((float(np.float32(s)), int(z), got.shape))
+        if match is not None:
+            row["intref_differ"] = float((match[0] != got).mean())
+            row["exact_differ"] = float((match[1] != got).mean())
+        rows.append(row)
     return rows
+
+
+def _intref_by_qparams(tflite_path: str | Path, x: np.ndarray) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
+    """Integer-reference tensors (fixed point, exact) in ONNX layout [C, T], keyed by (scale, zero point,
+    shape); keys that several tensors share are left out (no unique match)."""
+    from runtime.intref import IntegerReference
+    raw = Path(tflite_path).read_bytes()
+    ref, ex = IntegerReference(raw, tflite_path), IntegerReference(raw, tflite_path, exact=True)
+    xs = [np.ascontiguousarray(x.T[None, None])]
+    vf, ve = ref.run(xs), ex.run(xs)
+    out: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    seen: set[tuple] = set()
+    for _, _, outs, _ in ref.ops:
+        t = ref.tensors[outs[0]]
+        v = vf[outs[0]]
+        if t.scale is None or len(t.scale) != 1 or v.ndim != 4:
+            continue
+        key = (float(t.scale[0]), int(t.zero_point[0]), (v.shape[3], v.shape[2]))
+        if key in seen:
+            out.pop(key, None)
+            continue
+        seen.add(key)
+        out[key] = (v[0, 0].T, ve[outs[0]][0, 0].T)
+    return out
+
+
+def intref_outputs(tflite_path: str | Path, x: np.ndarray, exact: bool = False) -> np.ndarray:
+    """The integer reference (TFLite reference-kernel arithmetic; exact=True: exact requantization) on a
+    model input [S, T']: outputs [C, T']."""
+    from runtime.intref import IntegerReference
+    ref = IntegerReference.from_file(tflite_path, exact)
+    vals = ref.run([np.ascontiguousarray(x.T[None, None])])
+    return np.concatenate([vals[o].reshape(1, -1) for o in ref.outputs], axis=0)
+
+
+def per_layer_tflite(tflite_path: str | Path, x: np.ndarray) -> list[dict[str, Any]]:
+    """Layer by layer, each op fed the integer reference's int8 inputs: the share of output codes where
+    TFLite's fixed-point requantization differs from exact arithmetic (`fixed_vs_exact`), and where the
+    default kernels (XNNPACK, the op alone) differ from the reference kernels (`xnnpack_differ`, max LSB)
+    and from exact arithmetic (`xnnpack_vs_exact`)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from runtime.intref import IntegerReference, single_op_model
+    raw = Path(tflite_path).read_bytes()
+    ref, exact = IntegerReference(raw, tflite_path), IntegerReference(raw, tflite_path, exact=True)
+    vals = ref.run([np.ascontiguousarray(x.T[None, None])])
+    rows = []
+    for k, (op, _, outs, _) in enumerate(ref.ops):
+        it = Interpreter(model_content=single_op_model(raw, k))
+        ins = it.get_input_details()
+        for d in ins:
+            it.resize_tensor_input(d["index"], list(vals[d["index"]].shape))
+        it.allocate_tensors()
+        for d in ins:
+            it.set_tensor(d["index"], vals[d["index"]])
+        it.invoke()
+        got = it.get_tensor(it.get_output_details()[0]["index"])
+        d = np.abs(got.astype(np.int32) - vals[outs[0]])
+        ex = exact.run_op(k, vals)
+        rows.append({"op": op, "tensor": ref.tensors[outs[0]].name, "max_lsb": int(d.max()),
+                     "xnnpack_differ": float((d > 0).mean()), "fixed_vs_exact": float((ex != vals[outs[0]]).mean()),
+                     "xnnpack_vs_exact": float((ex != got).mean())})
+    return rows
+
+
+def by_op_type(rows: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """Per op type: the share of output codes with rows' `key` (weighted equally per layer)."""
+    kinds = sorted({r["op"] for r in rows})
+    return {k: float(np.mean([r[key] for r in rows if r["op"] == k])) for k in kinds}
 
 
 def run_parity(checkpoint: str, audio: str, onnx: str | None = None, tflite: str | None = None,
@@ -113,10 +192,41 @@ def run_parity(checkpoint: str, audio: str, onnx: str | None = None, tflite: str
         outputs.setdefault("fakequant", pipeline.post(ref, len(pcm), be.meta))
         r["path"] = str(path)
         result["models"][kind] = r
+    if tflite:  # error by source: float vs exact integer rounding, TFLite's fixed point, kernel sets
+        be = load_backend(tflite)
+        x = pipeline.pre(pcm, be.meta)
+        iref, iexact = intref_outputs(tflite, x), intref_outputs(tflite, x, exact=True)
+        src = {"fakequant vs exact integer": compare(torch_outputs(model, x), iexact, be.meta)["snr_db"],
+               "exact integer vs intref (TFLite fixed point)": compare(iexact, iref, be.meta)["snr_db"],
+               "intref vs tflite": compare(iref, be.run(x), be.meta)["snr_db"]}
+        if onnx:
+            ob = load_backend(onnx)
+            src["intref vs onnx"] = compare(iref, ob.run(pipeline.pre(pcm, ob.meta)), be.meta)["snr_db"]
+        result["by_source_snr_db"] = src
+        outputs["intref"] = pipeline.post(iref, len(pcm), be.meta)
+        print("error by source (combined output SNR, dB): " + ", ".join(f"{k} {v:.1f}" for k, v in src.items()))
+        if per_layer:
+            rows = per_layer_tflite(tflite, x)
+            result["per_layer_tflite"] = rows
+            result["fixed_vs_exact_by_op"] = by_op_type(rows, "fixed_vs_exact")
+            result["xnnpack_differ_by_op"] = by_op_type(rows, "xnnpack_differ")
+            result["xnnpack_vs_exact_by_op"] = by_op_type(rows, "xnnpack_vs_exact")
+            print("per layer (TFLite, each op fed the same int8 input), share of codes by op type: fixed point vs "
+                  "exact: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in result["fixed_vs_exact_by_op"].items() if v)
+                  + "; XNNPACK vs reference kernels: " + ", ".join(
+                      f"{k} {100 * v:.2f}%" for k, v in result["xnnpack_differ_by_op"].items() if v)
+                  + f" (max {max(r['max_lsb'] for r in rows)} LSB); XNNPACK vs exact: " + (", ".join(
+                      f"{k} {100 * v:.4f}%" for k, v in result["xnnpack_vs_exact_by_op"].items() if v) or "none"))
     if per_layer and onnx:
-        rows = per_layer_onnx(model, onnx, pipeline.pre(pcm, load_backend(onnx).meta))
+        rows = per_layer_onnx(model, onnx, pipeline.pre(pcm, load_backend(onnx).meta), tflite=tflite)
         result["per_layer_onnx"] = rows
         first = next((r for r in rows if r["max_lsb"] > 1), None)
+        matched = [r for r in rows if "intref_differ" in r]
+        if matched:
+            off = next((r for r in matched if r["intref_differ"] > 0), None)
+            print(f"per layer (ONNX vs integer reference, {len(matched)} tensors matched): "
+                  + (f"first differing tensor {off['tensor']} ({100 * off['intref_differ']:.3f} % of codes; vs exact "
+                     f"arithmetic {100 * off['exact_differ']:.3f} %)" if off else "all equal"))
         print("per layer (ONNX vs fake-quant): " + (f"first tensor over 1 LSB: {first['tensor']} (max {first['max_lsb']} LSB, "
               f"{100 * first['frac_over_tol']:.3f} % of values)" if first else "no tensor differs by more than 1 LSB"))
     if float_checkpoint:

@@ -45,7 +45,8 @@ def _check_suffix(path: str, ext: str) -> None:
 def _export(a: argparse.Namespace) -> None:
     from conversion.onnx_export import export_onnx
     _check_suffix(a.output, ".onnx")
-    path = export_onnx(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml, step_frames=_step_frames(a))
+    path = export_onnx(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml, step_frames=_step_frames(a),
+                       activations=a.activations)
     print(f"wrote {path}")
 
 
@@ -88,6 +89,11 @@ def _stream(a: argparse.Namespace) -> None:
 def _bench(a: argparse.Namespace) -> None:
     from runtime.bench import bench_cli
     bench_cli(a.model, threads=a.threads, seconds=a.seconds, stream=a.stream, hop_ms=a.hop_ms, json_out=a.json)
+
+
+def _golden(a: argparse.Namespace) -> None:
+    from runtime.golden import golden_cli
+    golden_cli(a.model, a.audio, a.output, a.seconds)
 
 
 def _demo(a: argparse.Namespace) -> None:
@@ -149,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--float", action="store_true", help="export the float graph (no quantization)")
         s.add_argument("--step-ms", type=positive_float, help="streaming step model: this much audio per call, "
                        "explicit state in/out (causal models)")
+        if name == "export":
+            s.add_argument("--activations", default="auto", choices=["auto", "uint8", "int8"],
+                           help="uint8: onnxruntime's fast path on x86 without VNNI; int8: ARM and x86 with VNNI; "
+                           "auto (default): what suits this machine's CPU. Same integer outputs either way")
         s.set_defaults(func=fn)
 
     s = sub.add_parser("parity", help="fake-quant torch vs deployed int8 models")
@@ -159,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tflite")
     s.add_argument("--float-checkpoint", help="a float model to compare as well")
     s.add_argument("--per-layer", action="store_true", help="ONNX: every quantized tensor against the fake-quant "
-                   "model; names the first one more than 1 LSB off")
+                   "model; names the first one more than 1 LSB off (and, with --tflite, against the integer reference). "
+                   "TFLite: each op's kernel against the integer reference, fed the same int8 input")
     s.add_argument("--json")
     s.set_defaults(func=_parity)
 
@@ -186,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hop-ms", type=positive_float, default=16.0)
     s.add_argument("--json")
     s.set_defaults(func=_bench)
+
+    s = sub.add_parser("golden", help="golden vectors (every tensor, bit-exact integer reference) for device bring-up")
+    s.add_argument("--model", required=True, help="int8 .tflite model (whole-utterance or step)")
+    s.add_argument("--audio", required=True)
+    s.add_argument("-o", "--output", required=True, help="output folder (npy files + index.json)")
+    s.add_argument("--seconds", type=float, default=2.0, help="at most this much of the audio")
+    s.set_defaults(func=_golden)
 
     s = sub.add_parser("demo", help="the whole pipeline on the embedded demo model and samples")
     s.add_argument("--out", default="artifacts/demo")

@@ -54,16 +54,27 @@ class OnnxBackend(Backend):
         self.path = path
         self.in_name = self.sess.get_inputs()[0].name
         self.out_names = [o.name for o in self.sess.get_outputs()]
+        # uint8-activation models (`fqse export --activations uint8`) hold every code + 128.
+        self.uint8 = self.meta.get("activations") == "uint8"
+
+    def to_model(self, x: np.ndarray) -> np.ndarray:
+        """int8 codes -> the model's input type (uint8 models: + 128, the same bytes with the top bit flipped)."""
+        return x.view(np.uint8) ^ np.uint8(0x80) if self.uint8 and x.dtype == np.int8 else x
+
+    def from_model(self, y: np.ndarray) -> np.ndarray:
+        """A model output -> int8 codes (uint8 models: - 128)."""
+        return (y ^ np.uint8(0x80)).view(np.int8) if y.dtype == np.uint8 else y
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        outs = self.sess.run(self.out_names, {self.in_name: x[None]})
-        return np.concatenate([o[0] for o in outs], axis=0)
+        outs = self.sess.run(self.out_names, {self.in_name: self.to_model(x)[None]})
+        return np.concatenate([self.from_model(o[0]) for o in outs], axis=0)
 
     def run_step(self, x: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        feed = {self.in_name: x[None], **{i.name: st[None] for i, st in zip(self.sess.get_inputs()[1:], states)}}
-        outs = self.sess.run(self.out_names, feed)
+        feed = {self.in_name: self.to_model(x)[None],
+                **{i.name: self.to_model(st)[None] for i, st in zip(self.sess.get_inputs()[1:], states)}}
+        outs = [self.from_model(o[0]) for o in self.sess.run(self.out_names, feed)]
         C = self.meta["n_combiner"]
-        return np.concatenate([o[0] for o in outs[:C]], axis=0), [o[0] for o in outs[C:]]
+        return np.concatenate(outs[:C], axis=0), outs[C:]
 
 
 class TfliteBackend(Backend):

@@ -65,6 +65,12 @@ def _pcm(x: np.ndarray, what: str = "input", allow_empty: bool = False) -> np.nd
 class Enhancer:
     """`from_file(path)`, then `process(chunk)` / `flush()`, or `enhance_file(in, out)`."""
 
+    # Whole-signal runs go through windows of this many seconds, so memory does not grow with the
+    # length: causal models carry their receptive field as context (exact); non-causal ones run in one
+    # piece up to long_s, beyond that in 50 %-overlapping blocks of window_s (triangular weights).
+    window_s = 6.0
+    long_s = 60.0
+
     def __init__(self, backend: Backend, hop_ms: float = 16.0, block_ms: float = 1000.0):
         self.be = backend
         self.meta = backend.meta
@@ -205,7 +211,23 @@ class Enhancer:
         if self.step:
             self.reset()
             return np.concatenate([self.process(pcm), self.flush()])
-        return self._run_offline(pcm)
+        return self._windowed(pcm)
+
+    def _windowed(self, pcm: np.ndarray) -> np.ndarray:
+        """Whole signal, window by window (see `window_s`); the stream state is reset before and after."""
+        w = int(self.window_s * self.sr)
+        if len(pcm) <= w or (not self.causal and len(pcm) <= self.long_s * self.sr):
+            return self._run_offline(pcm)
+        block = self.block
+        if not self.causal:
+            self.block = max(4 * self.hop, w // (2 * self.hop) * 2 * self.hop)
+        self.reset()
+        try:
+            out = [self.process(pcm[i: i + w]) for i in range(0, len(pcm), w)] + [self.flush()]
+        finally:
+            self.block = block
+            self.reset()
+        return np.concatenate(out)
 
     def enhance_file(self, src: str | Path, dst: str | Path, stream: bool = False, progress: bool = True,
                      notes: list[str] | None = None) -> np.ndarray:
@@ -280,6 +302,8 @@ def enhance_cli(src: str, dst: str, model: str, stream: bool = False, hop_ms: fl
     notes: list[str] = []
     if stream:
         enh.stream_file(src, dst, notes=notes)
+    elif enh.causal:  # window by window as it reads (flat memory), the same output as one run
+        enh.stream_file(src, dst, notes=notes, block_s=enh.window_s)
     else:
         enh.enhance_file(src, dst, notes=notes)
     for n in notes:
@@ -293,6 +317,10 @@ def stream_stdio(model: str, hop_ms: float = 16.0, threads: int = 1) -> None:
     if sys.stdin is None or sys.stdout is None:
         raise AudioError("stdin or stdout is closed: pipe raw int16 PCM in and out")
     enh = Enhancer.from_file(model, threads, hop_ms=hop_ms)
+    if not enh.step:
+        print(f"fqse stream: note: {Path(model).name} is not a step model: every hop re-runs the model on its "
+              f"receptive field (not real time at full size); make one with `fqse convert/export --step-ms "
+              f"{hop_ms:g}`", file=sys.stderr)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     nbytes = enh.chunk * 2
     odd = b""

@@ -27,7 +27,7 @@ def demo_ckpt() -> Path:
 @pytest.fixture(scope="session")
 def demo_onnx(tmp_path_factory, demo_ckpt) -> Path:
     from conversion.onnx_export import export_onnx
-    return export_onnx(demo_ckpt, tmp_path_factory.mktemp("onnx") / "demo.onnx")
+    return export_onnx(demo_ckpt, tmp_path_factory.mktemp("onnx") / "demo.onnx", activations="int8")
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +45,7 @@ def demo_step(tmp_path_factory, demo_ckpt) -> dict[str, Path]:
     from conversion.tflite_export import convert_tflite
     d = tmp_path_factory.mktemp("step")
     convert_tflite(demo_ckpt, d / "step.tflite", step_frames=16)
-    return {"onnx": export_onnx(demo_ckpt, d / "step.onnx", step_frames=16), "tflite": d / "step.tflite"}
+    return {"onnx": export_onnx(demo_ckpt, d / "step.onnx", step_frames=16, activations="int8"), "tflite": d / "step.tflite"}
 
 
 @pytest.fixture(scope="session")

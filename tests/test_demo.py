@@ -7,7 +7,7 @@ from tests.conftest import run_fqse
 
 KEYS = {"si_snr_noisy", "si_snr_float", "si_snr_fakequant", "si_snr_onnx_int8", "si_snr_tflite_int8", "parity_onnx_db",
         "parity_tflite_db", "tflite_fully_integer", "tflite_path", "onnx_path", "rtf_tflite_int8", "rtf_tflite_float",
-        "rtf_onnx_int8"}
+        "rtf_onnx_int8", "stream_hop_median_ms", "stream_hop_p99_ms", "stream_over_budget"}
 
 
 def test_demo_summary(tmp_path):
@@ -18,6 +18,7 @@ def test_demo_summary(tmp_path):
     assert s["tflite_fully_integer"] is True and s["streaming_bit_exact"] is True
     assert s["si_snr_tflite_int8"] > s["si_snr_noisy"] + 6.0  # the demo model improves SI-SNR by > 6 dB
     assert abs(s["si_snr_tflite_int8"] - s["si_snr_fakequant"]) < 0.1
-    assert "FQSE TFLite int8 (stream)" in res.stdout
+    assert "FQSE TFLite int8 (stream)" in res.stdout and "p99" in res.stdout
+    assert s["stream_hop_p99_ms"] >= s["stream_hop_median_ms"]
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 50_000
     assert len(list((tmp_path / "demo").glob("*_enhanced.wav"))) == 6

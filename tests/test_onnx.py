@@ -93,7 +93,7 @@ def test_parity_cli_json(demo_onnx, demo_tflite, demo_ckpt, tmp_path):
     out = json.loads((tmp_path / "p.json").read_text())
     assert out["models"]["onnx"]["snr_db"] >= 38
     assert out["si_snr_vs_clean"]["onnx"] > out["si_snr_vs_clean"]["noisy"] + 3
-    assert set(out["si_snr_vs_clean"]) == {"noisy", "onnx", "tflite", "fakequant", "float"}
+    assert set(out["si_snr_vs_clean"]) == {"noisy", "onnx", "tflite", "fakequant", "float", "intref"}
     assert out["pairwise_snr_db"]["onnx vs fakequant"] >= 38
     assert out["pairwise_snr_db"]["fakequant vs float"] > 5  # int8 model is not the float model
 

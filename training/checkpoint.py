@@ -71,7 +71,7 @@ def load_model(path: str | Path, cfg: ModelConfig | None = None) -> ConvTasNet:
         check_config(ck["model_config"], cfg, path)
     model = ConvTasNet(ck_cfg)
     _load_state(model, ck["state_dict"], path, strict=True)
-    return model.eval()
+    return model.eval().snap_prelus()  # QAT models: PReLUs on XNNPACK's exact int8 grid (quant.snap_prelu)
 
 
 def _load_state(model: ConvTasNet, state: dict, path: str | Path, strict: bool) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from runtime import qmath
 from runtime.pipeline import padded_length
-from training.quant import ActQuant, WeightQuant, link_input, quantize_bias
+from training.quant import ActQuant, WeightQuant, link_input, quantize_bias, snap_prelu
 
 NORMS = ("gLN", "cLN", "BN")
 IO_RANGE = (-1.0, 127.0 / 128.0)  # int8 grid with scale 1/128, zero point 0
@@ -209,6 +209,19 @@ class ConvTasNet(nn.Module):
                 link_input(mod, q)
             prev = blk.q_add
         link_input(self.mask_conv, self.q_mask_prelu)
+
+    def snap_prelus(self) -> "ConvTasNet":
+        """Every PReLU of a QAT model onto the grid of XNNPACK's int8 LeakyReLU (quant.snap_prelu)."""
+        if not self.cfg.quantize:
+            return self
+        prev = None
+        for i, blk in enumerate(self.blocks):
+            snap_prelu(blk.prelu1, blk.q_in, blk.q_prelu1)
+            snap_prelu(blk.prelu2, blk.q_dconv, blk.q_prelu2)
+            prev = blk.q_skip if i == 0 else self.q_skips[i - 1]
+        if prev is not None:
+            snap_prelu(self.mask_prelu, prev, self.q_mask_prelu)
+        return self
 
     # --- pieces shared with export -------------------------------------------------------------------
     def decoder_weight(self) -> torch.Tensor:

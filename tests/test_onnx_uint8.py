@@ -1,0 +1,79 @@
+"""ONNX with uint8 activations (`fqse export --activations uint8`): the same integer outputs as the int8 form."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import pytest
+
+from conversion.onnx_export import export_onnx
+from runtime import pipeline
+from runtime.audio import read_audio, to_int16
+from runtime.backends import OnnxBackend
+from runtime.cpu import onnx_activations
+from runtime.enhancer import Enhancer
+from tests.conftest import noisy_clean_pairs, run_fqse
+
+
+@pytest.fixture(scope="module")
+def uint8_models(tmp_path_factory, demo_ckpt):
+    d = tmp_path_factory.mktemp("u8")
+    return {"full": export_onnx(demo_ckpt, d / "u8.onnx", activations="uint8"),
+            "step": export_onnx(demo_ckpt, d / "u8_step.onnx", step_frames=16, activations="uint8")}
+
+
+def test_uint8_outputs_equal_int8_outputs(uint8_models, demo_onnx):
+    s8, u8 = OnnxBackend(demo_onnx), OnnxBackend(uint8_models["full"])
+    assert u8.uint8 and not s8.uint8
+    for noisy, _ in noisy_clean_pairs():
+        x = pipeline.pre(to_int16(read_audio(noisy, 16000)[0]), s8.meta)
+        a, b = s8.run(x), u8.run(x)
+        assert b.dtype == np.int8
+        assert np.array_equal(a, b)  # exact: same real values on both grids, exact integer kernels
+
+
+def test_uint8_step_model_equals_int8_step_model(uint8_models, demo_step):
+    pcm = to_int16(read_audio(noisy_clean_pairs()[2][0], 16000)[0])
+    a = Enhancer.from_file(demo_step["onnx"]).enhance(pcm)
+    b = Enhancer.from_file(uint8_models["step"]).enhance(pcm)
+    assert np.array_equal(a, b)
+
+
+def test_uint8_model_structure(uint8_models, tmp_path):
+    m = onnx.load(uint8_models["full"])
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert not [i.name for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    OnnxBackend(uint8_models["full"], optimized_path=tmp_path / "opt.onnx")
+    opt = onnx.load(tmp_path / "opt.onnx")
+    ops = collections.Counter(n.op_type for n in opt.graph.node)
+    assert ops["QLinearConv"] >= 20 and ops["Conv"] == 0  # every conv runs as a u8u8 integer kernel
+    inits = {i.name: i.data_type for i in opt.graph.initializer}
+    for n in opt.graph.node:
+        if n.op_type == "QLinearConv":
+            assert inits[n.input[3]] == onnx.TensorProto.UINT8  # weights
+
+
+def test_auto_choice_by_cpu():
+    assert onnx_activations("x86_64", {"avx2", "fma"}) == "uint8"
+    assert onnx_activations("x86_64", {"avx2", "avx512_vnni"}) == "int8"
+    assert onnx_activations("x86_64", {"avx2", "avx_vnni"}) == "int8"
+    assert onnx_activations("aarch64", set()) == "int8"
+
+
+def test_export_cli_activations(demo_ckpt, tmp_path):
+    res = run_fqse("export", "--checkpoint", str(demo_ckpt), "-o", str(tmp_path / "m.onnx"), "--activations", "uint8")
+    assert res.returncode == 0, res.stderr
+    assert onnx.load(tmp_path / "m.onnx").graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    res = run_fqse("export", "--checkpoint", str(demo_ckpt), "-o", str(tmp_path / "x.onnx"), "--activations", "int4")
+    assert res.returncode == 2 and "int4" in res.stderr and not (tmp_path / "x.onnx").exists()
+
+
+def test_per_layer_parity_reads_uint8_models(uint8_models, demo_onnx, demo_ckpt):
+    from conversion.parity import per_layer_onnx
+    from training.checkpoint import load_model
+    model = load_model(demo_ckpt)
+    x = pipeline.pre(to_int16(read_audio(noisy_clean_pairs()[0][0], 16000)[0]), OnnxBackend(demo_onnx).meta)
+    rows = per_layer_onnx(model, uint8_models["full"], x)
+    assert rows == per_layer_onnx(model, demo_onnx, x)  # every intermediate code equal, shifted back to int8
+    assert rows[0]["tensor"] == "enc" and rows[0]["max_lsb"] == 0
