@@ -80,7 +80,9 @@ def _run_tf(g: Graph, x: np.ndarray) -> np.ndarray:
     tf_in = (x.astype(np.float32) * (qmath.IO_SCALE if x.dtype == np.int8 else 1.0)).T[None, None]
     outs = fn(tf_in)
     y = np.stack([outs[f"o{i:03d}"].numpy().reshape(-1) for i in range(len(g.outputs))])
-    return np.round(y / qmath.IO_SCALE).astype(np.int8) if x.dtype == np.int8 else y
+    if x.dtype != np.int8:
+        return y
+    return np.stack([np.round(c / s) + z for c, (s, z) in zip(y, pipeline.output_qparams(g.meta))]).astype(np.int8)
 
 
 def _float_lowering_snr(model: Any, x: np.ndarray) -> float:

@@ -18,7 +18,7 @@ from conversion.graph import Graph, Op, build_graph
 from conversion.step_graph import build_step_graph
 from runtime import qmath
 from runtime.files import atomic_write
-from training.checkpoint import load_model
+from conversion.importers import load_any
 from training.config import load_config, model_config
 
 OPSET = 17
@@ -173,7 +173,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, float_model: bool = 
                 step_frames: int | None = None) -> Path:
     """Checkpoint -> .onnx (written atomically); with step_frames, the streaming step model."""
     cfg = model_config(load_config(yaml)) if yaml else None
-    model = load_model(checkpoint, cfg)
+    model = load_any(checkpoint, cfg)
     g = build_graph(model, quantized=not float_model)
     states = None
     if step_frames:

@@ -19,7 +19,7 @@ from conversion.graph import Graph, Op, build_graph
 from conversion.step_graph import build_step_graph
 from runtime import qmath
 from runtime.files import atomic_write
-from training.checkpoint import load_model
+from conversion.importers import load_any
 from training.config import load_config, model_config
 
 
@@ -185,7 +185,7 @@ def convert_tflite(checkpoint: str | Path, output: str | Path, float_model: bool
     With step_frames: the streaming step model (K frames per call, explicit int8 state)."""
     from conversion.checks import check_step, check_tflite
     cfg = model_config(load_config(yaml)) if yaml else None
-    model = load_model(checkpoint, cfg)
+    model = load_any(checkpoint, cfg)
     g = build_graph(model, quantized=not float_model)
     if step_frames:
         sg, states = build_step_graph(g, step_frames)
