@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="output .pt checkpoint")
     s.add_argument("-y", "--yaml", help="the config it was trained with (checked against its shapes; optional)")
     s.add_argument("--ptq", choices=["minmax", "percentile", "mse"], help="float checkpoints: quantize by "
-                   "post-training calibration with this range method (default mse with --calibration)")
+                   "post-training calibration with this range method (default percentile with --calibration)")
     s.add_argument("--calibration", help="calibration clips (any rate/length; default calibration_data/)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_import)
