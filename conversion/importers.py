@@ -186,7 +186,7 @@ def from_reference(sd: dict, cfg: ModelConfig | None = None, clips: list[np.ndar
                      n_repeats=rc.n_repeats, norm_type="gLN", causal=False,
                      sample_rate=cfg.sample_rate if cfg is not None else 16000, n_splitter=rc.n_splitter,
                      n_combiner=rc.n_combiner, quantize=True, gradient_based=True,
-                     ema_steps=cfg.ema_steps if cfg is not None else 50, res_gain=1.0)
+                     ema_steps=cfg.ema_steps if cfg is not None else 50, res_gain=1.0, input_gain="peak")
     model = ConvTasNet(mc).eval()
 
     def act(q: ActQuant, p: str) -> None:

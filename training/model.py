@@ -43,6 +43,7 @@ class ModelConfig:
     ema_steps: int = 50
     res_gain: float = RES_GAIN  # residual-branch gain before its output quantizer (1 for imported reference models)
     encoder_bias: bool = False  # PTQ of a float model: the bias that removes the splitter's 1/256 offset
+    input_gain: str = "fixed"  # "peak": offline, the runtime scales the input to full scale (imported reference models)
 
     def __post_init__(self):
         if self.norm_type not in NORMS:

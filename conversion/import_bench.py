@@ -1,0 +1,70 @@
+"""Full-size import figures: a reference-format FQSE checkpoint (N=512, S=C=2, gLN; random weights,
+trained-like ranges from calibration audio) converted straight to int8 ONNX and fully-integer TFLite
+(timed), the deployable model against the reference semantics, and the integer-gLN TFLite speed
+against the causal-BN int8 TFLite model of the same size.
+
+    python -m conversion.import_bench --out artifacts/import_bench
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from conversion import importers, ptq
+from conversion.fullsize import make_model
+from conversion.onnx_export import export_onnx
+from conversion.reference import RefConfig, ReferenceFQSE, make_trained_like, preprocess
+from conversion.tflite_export import convert_tflite
+from runtime.bench import measure_isolated
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="artifacts/import_bench")
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--no-bench", action="store_true")
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    clips = ptq.calibration_audio(None, 16000)
+    torch.manual_seed(0)
+    ref = ReferenceFQSE(RefConfig())
+    with torch.no_grad():
+        make_trained_like(ref, preprocess(torch.from_numpy(clips[0][:32000])[None], 2))
+    pth = out / "fqse_8bit.pth"
+    torch.save(ref.state_dict(), pth)
+    r: dict = {}
+    t = time.time()
+    model = importers.from_reference(importers.read_any(pth), clips=clips)
+    r["import_s"] = time.time() - t
+    r["snr_vs_reference_db"] = importers.reference_snr(ref.eval(), model, clips)
+    t = time.time()
+    export_onnx(pth, out / "fqse_gln_int8.onnx")
+    r["export_onnx_s"] = time.time() - t
+    t = time.time()
+    rep = convert_tflite(pth, out / "fqse_gln_int8.tflite")
+    r["convert_tflite_s"] = time.time() - t
+    r["tflite"] = {"fully_integer": rep["fully_integer"], "qat_scales_kept": rep["qat_scales_kept"],
+                   "vs_fakequant_db": rep["tflite"]["snr_db"], "tf_graph_vs_fakequant_db": rep["tf_graph"]["snr_db"],
+                   "ops": rep["ops"]}
+    print(json.dumps(r, indent=1, default=float))
+    if not a.no_bench:
+        bn = make_model("BN", True, out / "fqse_BN.pt")
+        convert_tflite(bn, out / "fqse_BN_int8.tflite")
+        for name in ("fqse_gln_int8.tflite", "fqse_BN_int8.tflite", "fqse_gln_int8.onnx"):
+            m = measure_isolated(str(out / name), 1, a.seconds, False, 16.0)
+            r[name] = {"s_per_s_audio": m["s_per_s_audio"], "size_mb": m["size_bytes"] / 2 ** 20,
+                       "peak_rss_mb": m["peak_rss_mb"], "kernels": m["kernels"]}
+            print(f"{name:<24} {m['s_per_s_audio']:.4f} s per s of audio ({m['kernels']})")
+        r["gln_over_bn_tflite_speed"] = r["fqse_gln_int8.tflite"]["s_per_s_audio"] / r["fqse_BN_int8.tflite"]["s_per_s_audio"]
+    (out / "import_bench.json").write_text(json.dumps(r, indent=1, default=float))
+    print(json.dumps(r, indent=1, default=float))
+    return r
+
+
+if __name__ == "__main__":
+    main()
