@@ -262,7 +262,7 @@ def make_trained_like(model: ReferenceFQSE, x: torch.Tensor, seed: int = 0, on_g
             shrink = 1 - 0.1 * float(torch.rand(1, generator=g))
             m.min_range.fill_(lo * shrink if lo < 0 else lo + 0.003 * (hi - lo))
             m.max_range.fill_(hi * shrink)
-            if on_grid:
+            if on_grid:  # zero on the grid (the step stays arbitrary: power-of-two steps put sums on ties)
                 _, _, nmin, nmax = qmath.act_qparams(float(m.min_range), float(m.max_range))
                 m.min_range.fill_(nmin)
                 m.max_range.fill_(nmax)
@@ -277,8 +277,9 @@ def make_trained_like(model: ReferenceFQSE, x: torch.Tensor, seed: int = 0, on_g
             dims = (1, 2) if name != "convTr1d" else (0, 1, 2)
             wq.min_range.copy_(wt.amin(dim=dims, keepdim=True).reshape(wq.min_range.shape))
             wq.max_range.copy_(wt.amax(dim=dims, keepdim=True).reshape(wq.max_range.shape))
-            if on_grid:  # step m/128 with |codes| <= 127
-                wq.max_range.copy_(wt.abs().amax(dim=dims, keepdim=True).reshape(wq.max_range.shape) * 128 / 127)
+            if on_grid:  # step m/128 a power of two with |codes| <= 127
+                a = wt.abs().amax(dim=dims, keepdim=True).reshape(wq.max_range.shape)
+                wq.max_range.copy_(128 * 2.0 ** torch.ceil(torch.log2(a / 127)))
                 wq.min_range.copy_(-wq.max_range)
             wq.enabled = True
     return model
