@@ -72,10 +72,10 @@ def calibrate_norms(model: Any, g: Graph, clips: list[np.ndarray]) -> None:
             lo[k], hi[k] = lo[k] * HEADROOM, hi[k] * HEADROOM
         lo["gamma"], hi["gamma"] = float(a["gamma"].min()), float(a["gamma"].max())
         lo["beta"], hi["beta"] = float(a["beta"].min()), float(a["beta"].max())
-        a["int_qp"] = {k: _qp(lo[k], hi[k]) for k in INTERNAL if k not in _folded(a)}
+        a["int_qp"] = {k: _qp(lo[k], hi[k]) for k in INTERNAL if k not in folded(a)}
 
 
-def _folded(attrs: dict) -> tuple[str, ...]:
+def folded(attrs: dict) -> tuple[str, ...]:
     """Internals that do not exist because the converter folds them: beta = 0 (no ADD), and also
     gamma = 1 (no MUL); the QAT output FakeQuant then follows the last op that remains."""
     if attrs["beta"].any():
@@ -107,12 +107,12 @@ def emit_tf(tf: Any, x: Any, attrs: dict, fq: Any) -> Any:
         r = q(tf.math.rsqrt(var), "rsqrt")  # the int8 grid of var has no zero-variance case: code 0 -> max
     else:
         r = tf.math.rsqrt(var + attrs["eps"])
-    folded = _folded(attrs) if qp else ()
-    if "n" in folded:
+    fold = folded(attrs) if qp else ()
+    if "n" in fold:
         return d * r
     n = q(d * r, "n")
     gamma = q(tf.constant(attrs["gamma"].reshape(1, 1, 1, -1).astype(np.float32)), "gamma")
-    if "beta" in folded:
+    if "beta" in fold:
         return n * gamma
     beta = q(tf.constant(attrs["beta"].reshape(1, 1, 1, -1).astype(np.float32)), "beta")
     return q(n * gamma, "g") + beta
