@@ -145,7 +145,12 @@ def test_fqse_import_and_export_reference(ref_pth, tmp_path):
     res = run_fqse("export", "--checkpoint", str(ref_pth), "-o", str(onnx_path))
     assert res.returncode == 0, res.stderr
     import onnx
-    meta = json.loads({p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}["fqse"])
+    proto = onnx.load(str(onnx_path))
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["fqse"])
+    # gLN in int8: every mean (over channels, then time; of x and of the squares) leaves on an int8 grid
+    consumer = {i: n.op_type for n in proto.graph.node for i in n.input}
+    means = [n.output[0] for n in proto.graph.node if n.op_type == "ReduceMean"]
+    assert len(means) == 4 * 7 and all(consumer[m] == "QuantizeLinear" for m in means)  # 7 gLNs
     sd = torch.load(ref_pth, weights_only=True)
     want = [qmath.act_qparams(float(sd[k + ".min_range"]), float(sd[k + ".max_range"]))[:2]
             for k in ("decoder.activation_fake_quantize", "decoder.activation_fake_quantize_residual")]
