@@ -91,9 +91,8 @@ def _expected(fmt: str, sd: dict) -> dict[str, tuple]:
         with torch.device("meta"):
             return {k: tuple(v.shape) for k, v in ReferenceFQSE(rc).state_dict().items()}
     if fmt == ASTEROID:
-        with torch.device("meta"):
-            m = ConvTasNet(ModelConfig())
-        return {k: () for k in _asteroid_keys(len(m.blocks))}
+        d = ModelConfig()
+        return {k: () for k in _asteroid_keys(d.n_blocks * d.n_repeats)}
     with torch.device("meta"):
         return {k: tuple(v.shape) for k, v in ConvTasNet(ModelConfig(quantize=True, n_splitter=2, n_combiner=2))
                 .state_dict().items()}

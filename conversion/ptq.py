@@ -124,7 +124,7 @@ def quantize_float_model(float_model: ConvTasNet, clips: list[np.ndarray], metho
         raise ValueError("post-training quantization expects a float model with one input channel")
     qcfg = quantized_config(float_model.cfg, n_splitter)
     model = ConvTasNet(qcfg)
-    sd = {k: v for k, v in copy.deepcopy(float_model.state_dict()).items()}
+    sd = copy.deepcopy(float_model.state_dict())
     w = sd["encoder.conv.weight"]
     sd["encoder.conv.weight"] = torch.cat([w * (1 / 256) ** k for k in range(n_splitter)], dim=1)
     if qcfg.encoder_bias:
@@ -137,7 +137,7 @@ def quantize_float_model(float_model: ConvTasNet, clips: list[np.ndarray], metho
     for m in model.modules():  # weight scales from the weights themselves (observed mode)
         if isinstance(m, WeightQuant):
             m.initialized.fill_(True)
-    acts = [m for name, m in model.named_modules() if isinstance(m, ActQuant) and m.fixed is None]
+    acts = [m for m in model.modules() if isinstance(m, ActQuant) and m.fixed is None]
     calibrate(model, acts, clips, method, float_pass=True, progress=progress)
     return model
 

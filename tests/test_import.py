@@ -2,7 +2,6 @@
 from their documented layouts (../shared/REFERENCE_CHECKPOINTS.md), imported and checked numerically."""
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 
 from conftest import run_fqse
 from conversion import importers, ptq
-from conversion.reference import ActFQ, RefConfig, ReferenceFQSE, WeightFQ, make_trained_like, postprocess, preprocess
+from conversion.reference import ActFQ, RefConfig, ReferenceFQSE, WeightFQ, make_trained_like, preprocess
 from runtime import qmath
 from runtime.metrics import snr
 from training.model import ConvTasNet, ModelConfig, Pipeline
@@ -286,6 +285,9 @@ def test_asteroid_bin_loads_weights_only_and_equals_asteroid(asteroid_bin, clips
 def test_asteroid_to_float_onnx_and_ptq_int8(asteroid_bin, tmp_path):
     res = run_fqse("export", "--checkpoint", str(asteroid_bin), "-o", str(tmp_path / "f.onnx"), "--float")
     assert res.returncode == 0, res.stderr
+    res = run_fqse("convert", "--checkpoint", str(asteroid_bin), "-o", str(tmp_path / "f.tflite"), "--float")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout[res.stdout.index("{"):])["tflite"]["snr_db"] > 100  # float lowering: measured 123 dB
     res = run_fqse("export", "--checkpoint", str(asteroid_bin), "-o", str(tmp_path / "q.onnx"))
     assert res.returncode == 2 and "float model" in res.stderr
     out = tmp_path / "ptq.pt"
