@@ -101,34 +101,41 @@ def calibrate(model: ConvTasNet, quantizers: Iterable[ActQuant], clips: list[np.
         q.steps.fill_(q.ema_steps)
 
 
-def quantized_config(cfg: ModelConfig, n_splitter: int = 2) -> ModelConfig:
+def quantized_config(cfg: ModelConfig, n_splitter: int = 2, n_combiner: int = 2) -> ModelConfig:
     """The int8 twin of a float model's config: S-channel splitter input (16-bit audio as two int8
-    streams), observed (not learned) ranges, one output on the 1/128 grid, an encoder bias."""
+    streams), observed (not learned) ranges, C outputs on the 1/128 grid, an encoder bias."""
     d = cfg.to_dict()
-    d.update(quantize=True, gradient_based=False, n_splitter=n_splitter, n_combiner=1, encoder_bias=n_splitter > 1)
+    d.update(quantize=True, gradient_based=False, n_splitter=n_splitter, n_combiner=n_combiner,
+             encoder_bias=n_splitter > 1)
     return ModelConfig(**d)
 
 
 @torch.no_grad()
 def quantize_float_model(float_model: ConvTasNet, clips: list[np.ndarray], method: str = DEFAULT_METHOD,
-                         n_splitter: int = 2, progress: bool = False) -> ConvTasNet:
+                         n_splitter: int = 2, n_combiner: int = 2, progress: bool = False) -> ConvTasNet:
     """PTQ: float model -> fake-quant model (eval) with the same weights; per-channel weight scales
     from the weights, activation ranges from `clips`.
 
     The splitter's codes stand for x - 1/256 (c2 = (p & 255) - 128 drops the half-LSB offset), so the
     extra encoder channels k get the first channel's weights x (1/256)^k and the encoder a bias of
-    sum(w) / 256 per filter: the int8 model's encoder then sees exactly the float model's input."""
+    sum(w) / 256 per filter: the int8 model's encoder then sees exactly the float model's input.
+    With C = 2 the residual block's encoder is R = pinv(D)/2 for the decoder D (L samples from N
+    filters), so that the overlap-add of D R y0 is y0 itself: y1 then carries 256 (y - y0), the
+    rounding error of the 8-bit output, and the combined output has ~16 bits."""
     if float_model.cfg.quantize:
         raise ValueError("this checkpoint is already quantized (QAT): post-training quantization is for float models")
     if float_model.cfg.n_splitter != 1:
         raise ValueError("post-training quantization expects a float model with one input channel")
-    qcfg = quantized_config(float_model.cfg, n_splitter)
+    qcfg = quantized_config(float_model.cfg, n_splitter, n_combiner)
     model = ConvTasNet(qcfg)
     sd = copy.deepcopy(float_model.state_dict())
     w = sd["encoder.conv.weight"]
     sd["encoder.conv.weight"] = torch.cat([w * (1 / 256) ** k for k in range(n_splitter)], dim=1)
     if qcfg.encoder_bias:
         sd["encoder.conv.bias"] = w.sum(dim=(1, 2)) * qmath.IO_SCALE / 2
+    if n_combiner == 2:  # D: [L, N] (1x1 conv to a frame); R: [N, 1, L]
+        D = sd["decoder_filters"][:, 0, :].t().double()
+        sd["res_encoder.conv.weight"] = (0.5 * torch.linalg.pinv(D)).float()[:, None, :]
     missing, unexpected = model.load_state_dict(sd, strict=False)
     quant_keys = {"min", "max", "steps", "absmax", "initialized"}
     if unexpected or any(k.split(".")[-1] not in quant_keys for k in missing):
@@ -137,8 +144,11 @@ def quantize_float_model(float_model: ConvTasNet, clips: list[np.ndarray], metho
     for m in model.modules():  # weight scales from the weights themselves (observed mode)
         if isinstance(m, WeightQuant):
             m.initialized.fill_(True)
-    acts = [m for m in model.modules() if isinstance(m, ActQuant) and m.fixed is None]
+    rqb = [model.q_res_enc, model.q_err, model.q_res_frames] if n_combiner == 2 else []
+    acts = [m for m in model.modules() if isinstance(m, ActQuant) and m.fixed is None and m not in rqb]
     calibrate(model, acts, clips, method, float_pass=True, progress=progress)
+    if rqb:  # in a float pass y1 is 0: its ranges come from the quantized main path
+        calibrate(model, rqb, clips, method)
     return model
 
 

@@ -350,9 +350,10 @@ def test_ptq_of_trained_float_model_quality_and_tflite(tmp_path):
         yt = enh.enhance(x) / 32768.0
         d_fq.append(si_snr(yq, c) - si_snr(yf, c))
         d_tfl.append(si_snr(yt, c) - si_snr(yq, c))
-    # measured: PTQ fake-quant 1.01 dB below float (percentile; minmax 1.09, mse 1.05); the QAT
-    # model of the same network is 0.05 dB above float: PTQ is the baseline QAT is judged against
-    assert -1.5 < np.mean(d_fq) < 0
+    # measured: PTQ fake-quant 0.57 dB below float (percentile; minmax 0.71, mse 0.59; with one 8-bit
+    # output instead of the residual block's two: 1.01); the QAT model of the same network is 0.05 dB
+    # above float: PTQ is the baseline QAT is judged against
+    assert -1.0 < np.mean(d_fq) < 0
     assert abs(np.mean(d_tfl)) < 0.1  # the deployed TFLite model equals its fake-quant model in quality
 
 
