@@ -102,7 +102,11 @@ def build_graph(model: ConvTasNet, quantized: bool = True) -> Graph:
     def prelu(mod, x, out, q):
         return unary("prelu", x, out, q, alpha=float(mod.weight.detach().reshape(-1)[0]))
 
-    enc = conv(model.encoder, "input", "enc", model.q_enc)
+    if cfg.encoder_split:
+        hi = conv(model.encoder, "input", "enc_hi", model.q_enc_hi)
+        enc = binary("add", hi, conv(model.encoder_lo, "input", "enc_lo", model.q_enc_lo), "enc", model.q_enc)
+    else:
+        enc = conv(model.encoder, "input", "enc", model.q_enc)
     y = norm(model.bottleneck_norm, enc, "bn_norm", model.q_bn_norm)
     y = conv(model.bottleneck, y, "bottleneck", model.q_bottleneck)
     skip_sum = None

@@ -106,7 +106,7 @@ def quantized_config(cfg: ModelConfig, n_splitter: int = 2, n_combiner: int = 2)
     streams), observed (not learned) ranges, C outputs on the 1/128 grid, an encoder bias."""
     d = cfg.to_dict()
     d.update(quantize=True, gradient_based=False, n_splitter=n_splitter, n_combiner=n_combiner,
-             encoder_bias=n_splitter > 1)
+             encoder_bias=n_splitter > 1, encoder_split=n_splitter == 2)
     return ModelConfig(**d)
 
 
@@ -118,7 +118,9 @@ def quantize_float_model(float_model: ConvTasNet, clips: list[np.ndarray], metho
 
     The splitter's codes stand for x - 1/256 (c2 = (p & 255) - 128 drops the half-LSB offset), so the
     extra encoder channels k get the first channel's weights x (1/256)^k and the encoder a bias of
-    sum(w) / 256 per filter: the int8 model's encoder then sees exactly the float model's input.
+    sum(w) / 256 per filter: the int8 model's encoder then sees exactly the float model's input. With
+    S = 2 the low byte has an encoder of its own (weights [0, w/256], own per-channel scales; its
+    output added to the high byte's): in one conv the per-output-channel scale of w rounds w/256 to 0.
     With C = 2 the residual block's encoder is R = pinv(D)/2 for the decoder D (L samples from N
     filters), so that the overlap-add of D R y0 is y0 itself: y1 then carries 256 (y - y0), the
     rounding error of the 8-bit output, and the combined output has ~16 bits."""
@@ -131,6 +133,9 @@ def quantize_float_model(float_model: ConvTasNet, clips: list[np.ndarray], metho
     sd = copy.deepcopy(float_model.state_dict())
     w = sd["encoder.conv.weight"]
     sd["encoder.conv.weight"] = torch.cat([w * (1 / 256) ** k for k in range(n_splitter)], dim=1)
+    if qcfg.encoder_split:  # per-output-channel int8 scales would round w/256 to 0 next to w
+        sd["encoder_lo.conv.weight"] = torch.cat([torch.zeros_like(w), w / 256], dim=1)
+        sd["encoder.conv.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)
     if qcfg.encoder_bias:
         sd["encoder.conv.bias"] = w.sum(dim=(1, 2)) * qmath.IO_SCALE / 2
     if n_combiner == 2:  # D: [L, N] (1x1 conv to a frame); R: [N, 1, L]

@@ -312,10 +312,10 @@ def test_ptq_encoder_bias_removes_splitter_offset(clips):
     wav = torch.from_numpy(clips[0][:8000])[None]
     xf, _ = Pipeline(fm.cfg).pre(wav)
     xq, _ = Pipeline(qm.cfg).pre(wav)
-    qm.encoder.wq.enabled = False
+    qm.encoder.wq.enabled = qm.encoder_lo.wq.enabled = False
     with torch.no_grad():
         a = fm.encoder(xf)
-        b = qm.encoder(xq)
+        b = qm.encoder(xq) + qm.encoder_lo(xq)  # high byte (with the bias) and low byte
     # the remaining difference is the splitter's 16-bit floor (<= 1/65536 per sample): measured 82.7 dB;
     # without the bias 22.2 dB
     assert snr(b.numpy(), a.numpy()) > 70
@@ -350,10 +350,13 @@ def test_ptq_of_trained_float_model_quality_and_tflite(tmp_path):
         yt = enh.enhance(x) / 32768.0
         d_fq.append(si_snr(yq, c) - si_snr(yf, c))
         d_tfl.append(si_snr(yt, c) - si_snr(yq, c))
-    # measured: PTQ fake-quant 0.57 dB below float (percentile; minmax 0.71, mse 0.59; with one 8-bit
-    # output instead of the residual block's two: 1.01); the QAT model of the same network is 0.05 dB
-    # above float: PTQ is the baseline QAT is judged against
-    assert -1.0 < np.mean(d_fq) < 0
+    # measured: PTQ fake-quant 0.32 dB below float (percentile; minmax 0.51, mse 0.36; without the
+    # low-byte encoder 0.57, with one 8-bit output instead of two as well 1.01); the QAT model of the
+    # same network is 0.05 dB above float: PTQ is the baseline QAT is judged against
+    assert -0.5 < np.mean(d_fq) < 0
+    # the low byte survives int8 weights: every encoder_lo filter has non-zero codes
+    w = qm.encoder_lo.conv.weight
+    assert bool((qm.encoder_lo.wq.int_weights(w)[:, 1] != 0).any(dim=1).all())
     assert abs(np.mean(d_tfl)) < 0.1  # the deployed TFLite model equals its fake-quant model in quality
 
 

@@ -44,6 +44,7 @@ class ModelConfig:
     res_gain: float = RES_GAIN  # residual-branch gain before its output quantizer (1 for imported reference models)
     encoder_bias: bool = False  # PTQ of a float model: the bias that removes the splitter's 1/256 offset
     input_gain: str = "fixed"  # "peak": offline, the runtime scales the input to full scale (imported reference models)
+    encoder_split: bool = False  # PTQ: a second encoder for the splitter's low byte (its own weight scales)
 
     def __post_init__(self):
         if self.norm_type not in NORMS:
@@ -176,6 +177,9 @@ class ConvTasNet(nn.Module):
         self.q_input = act(cfg, fixed=IO_RANGE) if cfg.quantize else nn.Identity()
         self.encoder = QConv(cfg.n_splitter, N, L, stride=s, bias=cfg.encoder_bias, cfg=cfg)
         self.q_enc = act(cfg)
+        if cfg.encoder_split:  # enc = Q(Q(encoder(x)) + Q(encoder_lo(x))), each conv with its own scales
+            self.encoder_lo = QConv(cfg.n_splitter, N, L, stride=s, bias=False, cfg=cfg)
+            self.q_enc_hi, self.q_enc_lo = act(cfg), act(cfg)
         self.bottleneck_norm = Norm(cfg.norm_type, N, cfg.quantize, cfg.gradient_based)
         self.q_bn_norm = act(cfg)
         self.bottleneck = QConv(N, B, cfg=cfg)
@@ -236,7 +240,8 @@ class ConvTasNet(nn.Module):
     def forward(self, codes: torch.Tensor) -> list[torch.Tensor]:
         """codes: [B, S, T] splitter values (int8 codes x 1/128), T a multiple of L/2 -> C x [B, 1, T + L/2]."""
         x = self.q_input(codes)
-        enc = self.q_enc(self.encoder(x))
+        enc = self.q_enc(self.encoder(x) if not self.cfg.encoder_split else
+                         self.q_enc_hi(self.encoder(x)) + self.q_enc_lo(self.encoder_lo(x)))
         y = self.q_bottleneck(self.bottleneck(self.q_bn_norm(self.bottleneck_norm(enc))))
         skip_sum = None
         for i, block in enumerate(self.blocks):
