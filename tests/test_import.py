@@ -392,3 +392,19 @@ def test_import_is_exact_when_no_deployment_change_is_needed(clips):
         outs = ref.decoder(Y)
         model.q_frames.enabled = False
         assert same(outs[0], model.q_out(model.decode(Y, model.q_frames)), model.q_out) > 0.9999
+
+
+def test_import_reference_qat_8bit_layout(tmp_path, clips):
+    """The vanilla-QAT file (S = 1, C = 1, no residual block keys) imports and exports too; its input
+    becomes int8 (the reference leaves it unquantized), which the measured SNR includes."""
+    torch.manual_seed(0)
+    ref = ReferenceFQSE(RefConfig(n_filters=64, bn_chan=32, hid_chan=64, n_blocks=3, n_repeats=1, n_splitter=1,
+                                  n_combiner=1))
+    make_trained_like(ref, preprocess(torch.from_numpy(clips[0][:16000])[None], 1))
+    torch.save(ref.state_dict(), tmp_path / "qat_8bit.pth")
+    rep = importers.import_checkpoint(tmp_path / "qat_8bit.pth", tmp_path / "q.pt", progress=False)
+    cfg = rep["model_config"]
+    assert (cfg["n_splitter"], cfg["n_combiner"], cfg["norm_type"]) == (1, 1, "gLN")
+    assert set(rep["snr_vs_reference_db"]) == {"y0", "combined"} and rep["snr_vs_reference_db"]["y0"] > 10  # 16.0
+    from conversion.onnx_export import export_onnx
+    assert export_onnx(tmp_path / "q.pt", tmp_path / "q.onnx").exists()
