@@ -42,6 +42,13 @@ def _stats(x: np.ndarray, mode: str, gamma: np.ndarray, eps: float) -> dict[str,
             "mean_t": x.mean(axis=0), "var_t": d2.mean(axis=0)}
 
 
+def prepare(model: Any, g: Graph) -> None:
+    """Before lowering a quantized graph with gLN / cLN: their internal grids from calibration_data/."""
+    if g.quantized and any(op.kind == "norm" for op in g.ops):
+        from conversion.ptq import calibration_audio
+        calibrate_norms(model, g, calibration_audio(None, model.cfg.sample_rate))
+
+
 @torch.no_grad()
 def calibrate_norms(model: Any, g: Graph, clips: list[np.ndarray]) -> None:
     """Give each norm op of a quantized graph the int8 grids of its internal tensors (op.attrs["int_qp"])."""

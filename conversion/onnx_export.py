@@ -18,6 +18,7 @@ from conversion.graph import Graph, Op, build_graph
 from conversion.step_graph import build_step_graph
 from runtime import qmath
 from runtime.files import atomic_write
+from conversion import int_norm
 from conversion.importers import load_any
 from training.config import load_config, model_config
 
@@ -131,9 +132,8 @@ def _emit(b: _Builder, op: Op, quantized: bool) -> None:
 
 def _emit_int_norm(b: _Builder, x: str, raw: str, a: dict) -> None:
     """gLN / cLN with every intermediate on its calibrated int8 grid (as in TFLite, conversion/int_norm.py)."""
-    from conversion.int_norm import folded
     qp = a["int_qp"]
-    fold = folded(a)
+    fold = int_norm.folded(a)
 
     def mean(v: str, k: str) -> str:
         if a["mode"] == "gLN":  # over channels, then time
@@ -209,10 +209,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, float_model: bool = 
     cfg = model_config(load_config(yaml)) if yaml else None
     model = load_any(checkpoint, cfg)
     g = build_graph(model, quantized=not float_model)
-    if g.quantized and any(op.kind == "norm" for op in g.ops):  # gLN / cLN: int8 internals, calibrated
-        from conversion.int_norm import calibrate_norms
-        from conversion.ptq import calibration_audio
-        calibrate_norms(model, g, calibration_audio(None, model.cfg.sample_rate))
+    int_norm.prepare(model, g)  # gLN / cLN: int8 internals, calibrated
     states = None
     if step_frames:
         g, states = build_step_graph(g, step_frames)

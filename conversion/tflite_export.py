@@ -19,6 +19,7 @@ from conversion.graph import Graph, Op, build_graph
 from conversion.step_graph import build_step_graph
 from runtime import qmath
 from runtime.files import atomic_write
+from conversion import int_norm
 from conversion.importers import load_any
 from training.config import load_config, model_config
 
@@ -87,8 +88,7 @@ def _emit(tf, op: Op, env: dict, quantized: bool):
         b = env[op.inputs[1]]
         return {"add": tf.add, "sub": tf.subtract, "mul": tf.multiply}[op.kind](x, b)
     if op.kind == "norm":
-        from conversion.int_norm import emit_tf
-        return emit_tf(tf, x, a, _fq)
+        return int_norm.emit_tf(tf, x, a, _fq)
     if op.kind == "concat_t":
         return tf.concat([x, env[op.inputs[1]]], axis=2)
     if op.kind == "slice":
@@ -135,7 +135,7 @@ def tf_function(g: Graph, length: int | None = TRACE_LEN, states: list | None = 
 def to_tflite(g: Graph, states: list | None = None) -> bytes:
     if g.quantized and any(op.kind == "norm" and "int_qp" not in op.attrs for op in g.ops):
         raise ConversionError(f"{g.meta['norm_type']} normalization has no integer-only TFLite form without its "
-                              "internal ranges (conversion.int_norm.calibrate_norms); ONNX export works")
+                              "internal ranges (conversion.int_norm.prepare)")
     import tensorflow as tf
     fn = tf_function(g, states=states)
     conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
@@ -190,10 +190,7 @@ def convert_tflite(checkpoint: str | Path, output: str | Path, float_model: bool
     cfg = model_config(load_config(yaml)) if yaml else None
     model = load_any(checkpoint, cfg)
     g = build_graph(model, quantized=not float_model)
-    if g.quantized and any(op.kind == "norm" for op in g.ops):  # gLN / cLN: int8 internals, calibrated
-        from conversion.int_norm import calibrate_norms
-        from conversion.ptq import calibration_audio
-        calibrate_norms(model, g, calibration_audio(None, model.cfg.sample_rate))
+    int_norm.prepare(model, g)  # gLN / cLN: int8 internals, calibrated
     if step_frames:
         sg, states = build_step_graph(g, step_frames)
         raw = to_tflite(sg, states)
