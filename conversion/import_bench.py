@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from conversion import importers, ptq
@@ -41,7 +42,7 @@ def _norm_cost(model, clips) -> dict:
     fake-quant torch model: the cost of the int8 norm internals, on the first check clip."""
     from conversion.checks import _run_tf, check_audio
     from conversion.graph import build_graph
-    from conversion.int_norm import calibrate_norms
+    from conversion.int_norm import calibrate_norms, norm_snr
     from conversion.parity import compare, torch_outputs
     from runtime import pipeline
     g = build_graph(model)
@@ -49,6 +50,9 @@ def _norm_cost(model, clips) -> dict:
     x = pipeline.pre(check_audio(16000), g.meta)
     ref = torch_outputs(model, x)
     res = {"int_norm_vs_fakequant_db": compare(ref, _run_tf(g, x), g.meta)["snr_db"]}
+    per = norm_snr(model, g, check_audio(16000) / 32768.0)
+    res["per_norm_db"] = {"min": min(per.values()), "median": float(np.median(list(per.values()))),
+                          "max": max(per.values()), "n": len(per)}
     for op in g.ops:
         op.attrs.pop("int_qp", None)
     res["float_norm_vs_fakequant_db"] = compare(ref, _run_tf(g, x), g.meta)["snr_db"]

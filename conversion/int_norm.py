@@ -1,8 +1,9 @@
 """gLN / cLN in int8 arithmetic for fully-integer TFLite.
 
-y = gamma * (x - mean) * rsqrt(var) + beta, written as int8 ops, each output on its own grid:
-MEAN(x) -> SUB -> MUL (square) -> MEAN (var) -> RSQRT -> MUL (normalized) -> MUL gamma -> ADD beta
-(gLN: means over time and channels; cLN: over channels per frame). The output keeps the QAT
+y = (x - mean) * (rsqrt(var) * gamma) + beta, written as int8 ops, each output on its own grid:
+MEAN(x) -> SUB -> MUL (square) -> MEAN (var) -> RSQRT -> MUL gamma (a [C] vector) -> MUL -> ADD beta
+(gLN: means over time and channels; cLN: over channels per frame). Folding gamma into the [C] vector
+first saves one requantization of the whole tensor. The output keeps the QAT
 quantizer's grid; the internal grids, which no QAT quantizer learned, are calibrated here on
 calibration audio (min/max of each intermediate; the per-utterance scalars mean, var and rsqrt get 2x
 headroom, since three clips cannot show their spread). The mean of the int8 squares is accurate in
@@ -19,7 +20,7 @@ from conversion.graph import Graph
 from runtime import qmath
 
 HEADROOM = 2.0  # per-utterance scalars (mean, var, rsqrt): range = 2 x the calibrated extreme
-INTERNAL = ("mean", "d", "d2", "var", "rsqrt", "n", "g", "gamma", "beta", "mean_t", "var_t")
+INTERNAL = ("mean", "d", "d2", "var", "rsqrt", "rg", "g", "gamma", "beta", "mean_t", "var_t")
 
 
 def _norm_module(model: Any, name: str) -> Any:
@@ -38,7 +39,7 @@ def _stats(x: np.ndarray, mode: str, gamma: np.ndarray, eps: float) -> dict[str,
     var = d2.mean(axis=axes, keepdims=True)
     r = 1.0 / np.sqrt(var + eps)
     n = d * r
-    return {"mean": mean, "d": d, "d2": d2, "var": var, "rsqrt": r, "n": n, "g": n * gamma[:, None],
+    return {"mean": mean, "d": d, "d2": d2, "var": var, "rsqrt": r, "rg": r * gamma[:, None], "g": n * gamma[:, None],
             "mean_t": x.mean(axis=0), "var_t": d2.mean(axis=0)}
 
 
@@ -83,11 +84,10 @@ def calibrate_norms(model: Any, g: Graph, clips: list[np.ndarray]) -> None:
 
 
 def folded(attrs: dict) -> tuple[str, ...]:
-    """Internals that do not exist because the converter folds them: beta = 0 (no ADD), and also
-    gamma = 1 (no MUL); the QAT output FakeQuant then follows the last op that remains."""
-    if attrs["beta"].any():
-        return ()
-    return ("g", "beta") if (attrs["gamma"] != 1).any() else ("g", "beta", "gamma", "n")
+    """Internals that do not exist: gamma = 1 (no MUL gamma), beta = 0 (no ADD; the converter would
+    fold it away); the QAT output FakeQuant then follows the last op that remains."""
+    out = () if (attrs["gamma"] != 1).any() else ("gamma", "rg")
+    return out + (() if attrs["beta"].any() else ("g", "beta"))
 
 
 def _qp(lo: float, hi: float) -> tuple[float, int]:
@@ -100,6 +100,7 @@ def emit_tf(tf: Any, x: Any, attrs: dict, fq: Any) -> Any:
     FakeQuant'd (int8 kernels in TFLite), else float."""
     qp = attrs.get("int_qp") or {}
     q = (lambda v, k: fq(tf, v, qp[k])) if qp else (lambda v, k: v)  # noqa: E731
+
     def mean_of(v, k):  # gLN: over channels, then time (XNNPACK's int8 MEAN over both axes at once
         # returned zeros for the squares here; two single-axis MEANs are right)
         if attrs["mode"] == "gLN":
@@ -115,17 +116,46 @@ def emit_tf(tf: Any, x: Any, attrs: dict, fq: Any) -> Any:
     else:
         r = tf.math.rsqrt(var + attrs["eps"])
     fold = folded(attrs) if qp else ()
-    if "n" in fold:
-        return d * r
-    n = q(d * r, "n")
-    gamma = q(tf.constant(attrs["gamma"].reshape(1, 1, 1, -1).astype(np.float32)), "gamma")
+    if "rg" in fold:
+        rg = r
+    else:
+        gamma = q(tf.constant(attrs["gamma"].reshape(1, 1, 1, -1).astype(np.float32)), "gamma")
+        rg = q(r * gamma, "rg")
     if "beta" in fold:
-        return n * gamma
+        return d * rg
     beta = q(tf.constant(attrs["beta"].reshape(1, 1, 1, -1).astype(np.float32)), "beta")
-    return q(n * gamma, "g") + beta
+    return q(d * rg, "g") + beta
 
 
 def internal_qparams(g: Graph) -> list[tuple[float, int]]:
     """The calibrated internal grids of the graph's integer norms (for the TFLite scale check)."""
     return [qp for op in g.ops if op.kind == "norm" for k, qp in (op.attrs.get("int_qp") or {}).items()
             if op.attrs["mode"] == "gLN" or not k.endswith("_t")]
+
+
+@torch.no_grad()
+def norm_snr(model: Any, g: Graph, wav: np.ndarray) -> dict[str, float]:
+    """SNR (dB) of each integer norm against the same norm in float (both onto the QAT output grid),
+    given the fake-quant model's own input to that norm on `wav`."""
+    import tensorflow as tf
+    from conversion.tflite_export import _fq
+    from runtime.metrics import snr
+    from training.model import Pipeline
+    ops = [op for op in g.ops if op.kind == "norm" and op.attrs.get("int_qp")]
+    seen: dict[str, np.ndarray] = {}
+    hooks = [_norm_module(model, op.output).register_forward_hook(
+        lambda m, i, o, name=op.output: seen.__setitem__(name, i[0][0].numpy())) for op in ops]
+    try:
+        x, _ = Pipeline(model.cfg).pre(torch.from_numpy(np.asarray(wav, np.float32))[None])
+        model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for op in ops:
+        v = tf.constant(seen[op.output].T[None, None].astype(np.float32))
+        plain = {k: val for k, val in op.attrs.items() if k != "int_qp"}
+        a = _fq(tf, emit_tf(tf, v, op.attrs, _fq), op.qp).numpy()
+        b = _fq(tf, emit_tf(tf, v, plain, _fq), op.qp).numpy()
+        out[op.output] = snr(a, b)
+    return out

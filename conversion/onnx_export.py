@@ -148,15 +148,13 @@ def _emit_int_norm(b: _Builder, x: str, raw: str, a: dict) -> None:
     var = mean(b.qdq(b.node("Mul", [d, d], raw + "_d2_f"), raw + "_d2", qp["d2"]), "var")
     r = b.node("Reciprocal", [b.node("Sqrt", [var], raw + "_sqrt")], raw + "_rsqrt_f")
     r = b.qdq(r, raw + "_rsqrt", qp["rsqrt"])
-    if "n" in fold:
+    if "rg" not in fold:  # rsqrt * gamma: a [C] vector
+        gamma = b.qdq(b.const(raw + "_gamma_c", a["gamma"].reshape(1, -1, 1).astype(np.float32)), raw + "_gamma", qp["gamma"])
+        r = b.qdq(b.node("Mul", [r, gamma], raw + "_rg_f"), raw + "_rg", qp["rg"])
+    if "beta" in fold:
         b.node("Mul", [d, r], raw)
         return
-    n = b.qdq(b.node("Mul", [d, r], raw + "_n_f"), raw + "_n", qp["n"])
-    gamma = b.qdq(b.const(raw + "_gamma_c", a["gamma"].reshape(1, -1, 1).astype(np.float32)), raw + "_gamma", qp["gamma"])
-    if "beta" in fold:
-        b.node("Mul", [n, gamma], raw)
-        return
-    g = b.qdq(b.node("Mul", [n, gamma], raw + "_g_f"), raw + "_g", qp["g"])
+    g = b.qdq(b.node("Mul", [d, r], raw + "_g_f"), raw + "_g", qp["g"])
     beta = b.qdq(b.const(raw + "_beta_c", a["beta"].reshape(1, -1, 1).astype(np.float32)), raw + "_beta", qp["beta"])
     b.node("Add", [g, beta], raw)
 
