@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_fqse
+from conftest import ROOT, run_fqse
 from conversion import importers, ptq
 from conversion.reference import ActFQ, RefConfig, ReferenceFQSE, WeightFQ, make_trained_like, preprocess
 from runtime import qmath
@@ -17,6 +17,7 @@ from runtime.metrics import snr
 from training.model import ConvTasNet, ModelConfig, Pipeline
 from training.quant import ActQuant, WeightQuant
 
+ROOT_DEMO_FLOAT = ROOT / "training" / "pretrained" / "demo_float_tiny.pt"
 # Three TCN blocks (dilations 1, 2, 4): a block count that is no multiple of 8 is read as one repeat.
 SMALL_REF = RefConfig(n_filters=64, bn_chan=32, hid_chan=64, n_blocks=3, n_repeats=1)
 
@@ -325,18 +326,18 @@ def test_ptq_encoder_bias_removes_splitter_offset(clips):
 def test_ptq_of_trained_float_model_quality_and_tflite(tmp_path):
     """PTQ of the trained demo float model (causal BN): the int8 model against clean speech on the six
     shipped samples, and its fully-integer TFLite model against its fake-quant model."""
-    from conftest import ROOT, noisy_clean_pairs
+    from conftest import noisy_clean_pairs
     from runtime.audio import read_audio
     from runtime.enhancer import Enhancer
     from runtime.metrics import si_snr
     from training.checkpoint import load_model
     from training.model import enhance
     out = tmp_path / "ptq.pt"
-    res = run_fqse("import", str(ROOT / "training/pretrained/demo_float_tiny.pt"), "-o", str(out), "--calibration",
+    res = run_fqse("import", str(ROOT_DEMO_FLOAT), "-o", str(out), "--calibration",
                    str(ROOT / "calibration_data"), "--quiet")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["ptq"]["method"] == ptq.DEFAULT_METHOD
-    fm, qm = load_model(ROOT / "training/pretrained/demo_float_tiny.pt"), load_model(out)
+    fm, qm = load_model(ROOT_DEMO_FLOAT), load_model(out)
     from conversion.tflite_export import convert_tflite
     rep = convert_tflite(out, tmp_path / "ptq.tflite")
     assert rep["fully_integer"] and rep["qat_scales_kept"]
@@ -408,3 +409,15 @@ def test_import_reference_qat_8bit_layout(tmp_path, clips):
     assert set(rep["snr_vs_reference_db"]) == {"y0", "combined"} and rep["snr_vs_reference_db"]["y0"] > 10  # 16.0
     from conversion.onnx_export import export_onnx
     assert export_onnx(tmp_path / "q.pt", tmp_path / "q.onnx").exists()
+
+
+def test_calibration_clips_any_rate_and_clear_error(tmp_path):
+    import soundfile as sf
+    with pytest.raises(ptq.CalibrationError, match="no calibration audio"):
+        ptq.calibration_audio(tmp_path, 16000)
+    sf.write(tmp_path / "a.wav", np.zeros((22050 * 2, 2), np.float32), 22050)  # 2 s stereo at 22.05 kHz
+    (clip,) = ptq.calibration_audio(tmp_path, 16000)
+    assert clip.ndim == 1 and len(clip) == 32000
+    res = run_fqse("import", str(ROOT_DEMO_FLOAT), "-o", str(tmp_path / "x.pt"), "--ptq", "minmax",
+                   "--calibration", str(tmp_path / "missing"))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no calibration audio" in res.stderr
