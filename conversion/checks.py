@@ -51,7 +51,9 @@ def fully_integer(report: dict[str, Any]) -> list[str]:
 def scale_mismatches(g: Graph, report: dict[str, Any]) -> list[str]:
     """QAT quantizers with no TFLite tensor of exactly that (scale, zero point), and int8 activation
     tensors of the TFLite model whose (scale, zero point) is no QAT quantizer's."""
-    want = {(np.float32(qp[0]), qp[1]) for qp in [op.qp for op in g.ops] + [(qmath.IO_SCALE, 0)] if qp is not None}
+    from conversion.int_norm import internal_qparams
+    want = {(np.float32(qp[0]), qp[1]) for qp in [op.qp for op in g.ops] + [(qmath.IO_SCALE, 0)] + internal_qparams(g)
+            if qp is not None}
     have = {(np.float32(t["scales"][0]), int(t["zero_points"][0])) for t in report["tensors"].values()
             if t["dtype"] == "int8" and len(t["scales"]) == 1}
     close = lambda a, pool: any(abs(a[0] - b[0]) <= 1e-6 * a[0] and a[1] == b[1] for b in pool)  # noqa: E731
@@ -82,7 +84,9 @@ def _run_tf(g: Graph, x: np.ndarray) -> np.ndarray:
     tf_in = (x.astype(np.float32) * (qmath.IO_SCALE if x.dtype == np.int8 else 1.0)).T[None, None]
     outs = fn(tf_in)
     y = np.stack([outs[f"o{i:03d}"].numpy().reshape(-1) for i in range(len(g.outputs))])
-    return np.round(y / qmath.IO_SCALE).astype(np.int8) if x.dtype == np.int8 else y
+    if x.dtype != np.int8:
+        return y
+    return np.stack([np.round(c / s) + z for c, (s, z) in zip(y, pipeline.output_qparams(g.meta))]).astype(np.int8)
 
 
 def _float_lowering_snr(model: Any, x: np.ndarray) -> float:

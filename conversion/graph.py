@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from runtime import modelmeta, qmath
-from training.model import RES_GAIN, ConvTasNet
+from training.model import ConvTasNet
 
 
 @dataclass
@@ -102,7 +102,11 @@ def build_graph(model: ConvTasNet, quantized: bool = True) -> Graph:
     def prelu(mod, x, out, q):
         return unary("prelu", x, out, q, alpha=float(mod.weight.detach().reshape(-1)[0]))
 
-    enc = conv(model.encoder, "input", "enc", model.q_enc)
+    if cfg.encoder_split:
+        hi = conv(model.encoder, "input", "enc_hi", model.q_enc_hi)
+        enc = binary("add", hi, conv(model.encoder_lo, "input", "enc_lo", model.q_enc_lo), "enc", model.q_enc)
+    else:
+        enc = conv(model.encoder, "input", "enc", model.q_enc)
     y = norm(model.bottleneck_norm, enc, "bn_norm", model.q_bn_norm)
     y = conv(model.bottleneck, y, "bottleneck", model.q_bottleneck)
     skip_sum = None
@@ -134,7 +138,7 @@ def build_graph(model: ConvTasNet, quantized: bool = True) -> Graph:
     if cfg.n_combiner == 2:
         r = conv(model.res_encoder, "y0", "res_enc", model.q_res_enc)
         e = binary("sub", masked, r, "err", model.q_err)
-        outputs.append(decode(e, "y1", model.q_res_frames, model.q_res_out, gain=RES_GAIN))
+        outputs.append(decode(e, "y1", model.q_res_frames, model.q_res_out, gain=cfg.res_gain))
     if quantized:
         _snap_biases(ops)
     return Graph(_live(ops, outputs), "input", outputs, metadata(model, quantized), quantized)
@@ -168,4 +172,11 @@ def metadata(model: ConvTasNet, quantized: bool) -> dict[str, Any]:
             "splitter_bits": qmath.IO_BITS, "combiner_bits": qmath.IO_BITS, "io_scale": qmath.IO_SCALE,
             "kernel_size": cfg.kernel_size, "stride": cfg.stride, "causal": cfg.causal, "norm_type": cfg.norm_type,
             "receptive_field_frames": rf, "io_layout": "NCW: input [1, S, T], outputs C x [1, 1, T]",
-            "host_padding": "one hop of zeros before; after: zeros up to a multiple of the hop plus two hops"}
+            "host_padding": "one hop of zeros before; after: zeros up to a multiple of the hop plus two hops",
+            "input_gain": cfg.input_gain, **({"output_qparams": output_qparams(model)} if quantized else {})}
+
+
+def output_qparams(model: ConvTasNet) -> list[list[float]]:
+    """(scale, zero point) of each int8 output: the fixed 1/128 grid, or learned (imported models)."""
+    qs = [model.q_out] + ([model.q_res_out] if model.cfg.n_combiner == 2 else [])
+    return [list(_qp(q)) for q in qs]

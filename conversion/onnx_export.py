@@ -19,7 +19,8 @@ from conversion.graph import Graph, Op, build_graph
 from conversion.step_graph import build_step_graph
 from runtime import modelmeta, qmath
 from runtime.files import atomic_write
-from training.checkpoint import load_model
+from conversion import int_norm
+from conversion.importers import load_any
 from training.config import load_config, model_config
 
 OPSET = 17
@@ -98,6 +99,8 @@ def _emit(b: _Builder, op: Op, quantized: bool) -> None:
         b.node("Relu", [x], raw)
     elif op.kind in ("add", "sub", "mul"):
         b.node(op.kind.capitalize(), op.inputs, raw)
+    elif op.kind == "norm" and quantized and a.get("int_qp"):
+        _emit_int_norm(b, x, raw, a)
     elif op.kind == "norm":
         axes = [1, 2] if a["mode"] == "gLN" else [1]
         mean = b.node("ReduceMean", [x], raw + "_mean", axes=axes, keepdims=1)
@@ -126,6 +129,35 @@ def _emit(b: _Builder, op: Op, quantized: bool) -> None:
         _frames_to_samples(b, b.node("Add", [pa, pb], raw + "_sum"), raw)
     else:
         raise ValueError(f"unknown op {op.kind}")
+
+
+def _emit_int_norm(b: _Builder, x: str, raw: str, a: dict) -> None:
+    """gLN / cLN with every intermediate on its calibrated int8 grid (as in TFLite, conversion/int_norm.py)."""
+    qp = a["int_qp"]
+    fold = int_norm.folded(a)
+
+    def mean(v: str, k: str) -> str:
+        if a["mode"] == "gLN":  # over channels, then time
+            v = b.qdq(b.node("ReduceMean", [v], f"{raw}_{k}_tf", axes=[1], keepdims=1), f"{raw}_{k}_t", qp[k + "_t"])
+            axis = 2
+        else:
+            axis = 1
+        return b.qdq(b.node("ReduceMean", [v], f"{raw}_{k}_f", axes=[axis], keepdims=1), f"{raw}_{k}", qp[k])
+
+    m = mean(x, "mean")
+    d = b.qdq(b.node("Sub", [x, m], raw + "_d_f"), raw + "_d", qp["d"])
+    var = mean(b.qdq(b.node("Mul", [d, d], raw + "_d2_f"), raw + "_d2", qp["d2"]), "var")
+    r = b.node("Reciprocal", [b.node("Sqrt", [var], raw + "_sqrt")], raw + "_rsqrt_f")
+    r = b.qdq(r, raw + "_rsqrt", qp["rsqrt"])
+    if "rg" not in fold:  # rsqrt * gamma: a [C] vector
+        gamma = b.qdq(b.const(raw + "_gamma_c", a["gamma"].reshape(1, -1, 1).astype(np.float32)), raw + "_gamma", qp["gamma"])
+        r = b.qdq(b.node("Mul", [r, gamma], raw + "_rg_f"), raw + "_rg", qp["rg"])
+    if "beta" in fold:
+        b.node("Mul", [d, r], raw)
+        return
+    g = b.qdq(b.node("Mul", [d, r], raw + "_g_f"), raw + "_g", qp["g"])
+    beta = b.qdq(b.const(raw + "_beta_c", a["beta"].reshape(1, -1, 1).astype(np.float32)), raw + "_beta", qp["beta"])
+    b.node("Add", [g, beta], raw)
 
 
 def graph_to_onnx(g: Graph, states: list | None = None) -> onnx.ModelProto:
@@ -208,8 +240,9 @@ def export_onnx(checkpoint: str | Path, output: str | Path, float_model: bool = 
         from runtime.cpu import onnx_activations
         activations = onnx_activations()
     cfg = model_config(load_config(yaml)) if yaml else None
-    model = load_model(checkpoint, cfg)
+    model = load_any(checkpoint, cfg)
     g = build_graph(model, quantized=not float_model)
+    int_norm.prepare(model, g)  # gLN / cLN: int8 internals, calibrated
     states = None
     if step_frames:
         g, states = build_step_graph(g, step_frames)

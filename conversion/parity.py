@@ -18,7 +18,7 @@ from runtime.audio import read_audio, to_int16
 from runtime.backends import load_backend
 from runtime.files import atomic_write
 from runtime.metrics import si_snr, snr
-from training.checkpoint import load_model
+from conversion.importers import load_any
 from training.model import ConvTasNet
 
 
@@ -30,13 +30,19 @@ def torch_outputs(model: ConvTasNet, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         outs = model.eval()(inp)
     y = np.stack([o[0, 0].numpy() for o in outs])
-    return np.round(y / qmath.IO_SCALE).astype(np.int8) if quantized else y
+    return quantize_outputs(y, model) if quantized else y
+
+
+def quantize_outputs(y: np.ndarray, model: ConvTasNet) -> np.ndarray:
+    """Real output values [C, T] (on their int8 grids) -> int8 codes."""
+    from conversion.graph import output_qparams
+    return np.stack([np.round(c / s) + z for c, (s, z) in zip(y, output_qparams(model))]).astype(np.int8)
 
 
 def to_wave(y: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     """Combined float waveform of model outputs [C, T'] (before cropping)."""
     if y.dtype == np.int8:
-        return qmath.combine([c.astype(np.float64) for c in y])
+        return qmath.combine([c / qmath.IO_SCALE for c in pipeline.dequantize_outputs(y, meta)])
     return qmath.combine([c / qmath.IO_SCALE for c in y]) if meta["splitter"] else y[0]
 
 
@@ -171,7 +177,7 @@ def run_parity(checkpoint: str, audio: str, onnx: str | None = None, tflite: str
                per_layer: bool = False) -> dict[str, Any]:
     """`fqse parity`: fake-quant vs each deployed model (int8 LSB statistics), SNR between every pair
     of systems (float model too when given), SI-SNR of each against clean when given."""
-    model = load_model(checkpoint)
+    model = load_any(checkpoint)
     sr = model.cfg.sample_rate
     notes: list[str] = []
     pcm = to_int16(read_audio(audio, sr, notes=notes)[0])
@@ -232,7 +238,7 @@ def run_parity(checkpoint: str, audio: str, onnx: str | None = None, tflite: str
     if float_checkpoint:
         from training.model import enhance
         with torch.no_grad():
-            y = enhance(load_model(float_checkpoint), torch.from_numpy(pcm.astype(np.float32) / 32768)[None])[0].numpy()
+            y = enhance(load_any(float_checkpoint), torch.from_numpy(pcm.astype(np.float32) / 32768)[None])[0].numpy()
         outputs["float"] = np.clip(np.round(y * 32768), -32768, 32767).astype(np.int16)
     names = list(outputs)
     result["pairwise_snr_db"] = {f"{a} vs {b}": snr(outputs[a] / 32768.0, outputs[b] / 32768.0)

@@ -18,7 +18,8 @@ from conversion.graph import Graph, Op, build_graph
 from conversion.step_graph import build_step_graph
 from runtime import modelmeta, qmath
 from runtime.files import atomic_write
-from training.checkpoint import load_model
+from conversion import int_norm
+from conversion.importers import load_any
 from training.config import load_config, model_config
 
 
@@ -85,6 +86,8 @@ def _emit(tf, op: Op, env: dict, quantized: bool):
     if op.kind in ("add", "sub", "mul"):
         b = env[op.inputs[1]]
         return {"add": tf.add, "sub": tf.subtract, "mul": tf.multiply}[op.kind](x, b)
+    if op.kind == "norm":
+        return int_norm.emit_tf(tf, x, a, _fq)
     if op.kind == "concat_t":
         return tf.concat([x, env[op.inputs[1]]], axis=2)
     if op.kind == "slice":
@@ -129,9 +132,9 @@ def tf_function(g: Graph, length: int | None = TRACE_LEN, states: list | None = 
 
 
 def to_tflite(g: Graph, states: list | None = None) -> bytes:
-    if any(op.kind == "norm" for op in g.ops):
-        raise ConversionError(f"{g.meta['norm_type']} normalization has no integer-only TFLite form here: use a BN "
-                              "config (a per-channel affine, an int8 depthwise 1x1 conv) for TFLite; ONNX export works")
+    if g.quantized and any(op.kind == "norm" and "int_qp" not in op.attrs for op in g.ops):
+        raise ConversionError(f"{g.meta['norm_type']} normalization has no integer-only TFLite form without its "
+                              "internal ranges (conversion.int_norm.prepare)")
     import tensorflow as tf
     fn = tf_function(g, states=states)
     conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
@@ -184,8 +187,9 @@ def convert_tflite(checkpoint: str | Path, output: str | Path, float_model: bool
     With step_frames: the streaming step model (K frames per call, explicit int8 state)."""
     from conversion.checks import check_step, check_tflite
     cfg = model_config(load_config(yaml)) if yaml else None
-    model = load_model(checkpoint, cfg)
+    model = load_any(checkpoint, cfg)
     g = build_graph(model, quantized=not float_model)
+    int_norm.prepare(model, g)  # gLN / cLN: int8 internals, calibrated
     if step_frames:
         sg, states = build_step_graph(g, step_frames)
         raw = to_tflite(sg, states)

@@ -70,6 +70,15 @@ def _convert(a: argparse.Namespace) -> None:
     print(json.dumps(report, indent=1))
 
 
+def _import(a: argparse.Namespace) -> None:
+    from conversion.importers import import_checkpoint
+    from training.config import load_config, model_config
+    cfg = model_config(load_config(a.yaml)) if a.yaml else None
+    report = import_checkpoint(a.source, a.output, cfg, ptq_method=a.ptq, calibration=a.calibration,
+                               progress=not a.quiet)
+    print(json.dumps(report, indent=1))
+
+
 def _parity(a: argparse.Namespace) -> None:
     from conversion.parity import run_parity
     run_parity(a.checkpoint, a.audio, onnx=a.onnx, tflite=a.tflite, clean=a.clean, json_out=a.json,
@@ -160,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
                            help="uint8: onnxruntime's fast path on x86 without VNNI; int8: ARM and x86 with VNNI; "
                            "auto (default): what suits this machine's CPU. Same integer outputs either way")
         s.set_defaults(func=fn)
+
+    s = sub.add_parser("import", help="a checkpoint trained elsewhere (reference FQSE .pth, asteroid "
+                       "pytorch_model.bin) -> FQSE checkpoint; --ptq: int8 by post-training calibration")
+    s.add_argument("source")
+    s.add_argument("-o", "--output", required=True, help="output .pt checkpoint")
+    s.add_argument("-y", "--yaml", help="the config it was trained with (checked against its shapes; optional)")
+    s.add_argument("--ptq", choices=["minmax", "percentile", "mse"], help="float checkpoints: quantize by "
+                   "post-training calibration with this range method (default percentile with --calibration)")
+    s.add_argument("--calibration", help="calibration clips (any rate/length; default calibration_data/)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_import)
 
     s = sub.add_parser("parity", help="fake-quant torch vs deployed int8 models")
     s.add_argument("--checkpoint", required=True)

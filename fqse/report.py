@@ -14,6 +14,8 @@ import numpy as np
 def _label(cfg) -> str:
     if not cfg.quantize:
         return "float"
+    if cfg.encoder_bias:  # conversion/ptq.py: a float model calibrated on audio
+        return "PTQ 8-bit"
     if cfg.n_splitter == 1 and cfg.n_combiner == 1 and not cfg.gradient_based:
         return "vanilla QAT 8-bit"
     return "FQSE 8-bit fake-quant"

@@ -211,6 +211,11 @@ class Enhancer:
         if self.step:
             self.reset()
             return np.concatenate([self.process(pcm), self.flush()])
+        peak = int(np.abs(pcm.astype(np.int32)).max()) if len(pcm) else 0
+        if self.meta.get("input_gain") == "peak" and peak:  # as the reference trained (offline only;
+            g = 32767.0 / peak  # streaming keeps the fixed full scale: no peak is known in advance)
+            y = self._windowed(np.round(pcm * g).astype(np.int16))
+            return np.clip(np.round(y / g), -32768, 32767).astype(np.int16)
         return self._windowed(pcm)
 
     def _windowed(self, pcm: np.ndarray) -> np.ndarray:

@@ -42,9 +42,22 @@ def post(y: np.ndarray, n: int, meta: dict[str, Any]) -> np.ndarray:
     return combine(y, meta)[hop: hop + n]
 
 
+def output_qparams(meta: dict[str, Any]) -> list[tuple[float, int]]:
+    """(scale, zero point) of each int8 output (the fixed 1/128 grid unless the model says otherwise)."""
+    return [(float(s), int(z)) for s, z in meta.get("output_qparams") or [(qmath.IO_SCALE, 0)] * meta["n_combiner"]]
+
+
+def dequantize_outputs(y: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """int8 output codes [C, T] -> their real values (float64)."""
+    return np.stack([s * (c.astype(np.float64) - z) for c, (s, z) in zip(y, output_qparams(meta))])
+
+
 def combine(y: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-    """Model outputs [C, T] -> int16 PCM [T] (integer combiner for int8 outputs)."""
+    """Model outputs [C, T] -> int16 PCM [T] (integer combiner for int8 outputs on the 1/128 grid;
+    outputs on learned grids are dequantized with their own scale and zero point first)."""
     if y.dtype == np.int8:
-        return qmath.combine_int16(y)
+        if all(qp == (qmath.IO_SCALE, 0) for qp in output_qparams(meta)):
+            return qmath.combine_int16(y)
+        y = dequantize_outputs(y, meta)
     comb = qmath.combine([c / qmath.IO_SCALE for c in y]) if meta["splitter"] else y[0]
     return np.clip(np.round(comb * 32768.0), -32768, 32767).astype(np.int16)

@@ -41,6 +41,10 @@ class ModelConfig:
     quantize: bool = False
     gradient_based: bool = True
     ema_steps: int = 50
+    res_gain: float = RES_GAIN  # residual-branch gain before its output quantizer (1 for imported reference models)
+    encoder_bias: bool = False  # PTQ of a float model: the bias that removes the splitter's 1/256 offset
+    input_gain: str = "fixed"  # "peak": offline, the runtime scales the input to full scale (imported reference models)
+    encoder_split: bool = False  # PTQ: a second encoder for the splitter's low byte (its own weight scales)
 
     def __post_init__(self):
         if self.norm_type not in NORMS:
@@ -171,8 +175,11 @@ class ConvTasNet(nn.Module):
         self.cfg = cfg
         N, L, B, s = cfg.n_filters, cfg.kernel_size, cfg.bn_chan, cfg.stride
         self.q_input = act(cfg, fixed=IO_RANGE) if cfg.quantize else nn.Identity()
-        self.encoder = QConv(cfg.n_splitter, N, L, stride=s, bias=False, cfg=cfg)
+        self.encoder = QConv(cfg.n_splitter, N, L, stride=s, bias=cfg.encoder_bias, cfg=cfg)
         self.q_enc = act(cfg)
+        if cfg.encoder_split:  # enc = Q(Q(encoder(x)) + Q(encoder_lo(x))), each conv with its own scales
+            self.encoder_lo = QConv(cfg.n_splitter, N, L, stride=s, bias=False, cfg=cfg)
+            self.q_enc_hi, self.q_enc_lo = act(cfg), act(cfg)
         self.bottleneck_norm = Norm(cfg.norm_type, N, cfg.quantize, cfg.gradient_based)
         self.q_bn_norm = act(cfg)
         self.bottleneck = QConv(N, B, cfg=cfg)
@@ -200,6 +207,7 @@ class ConvTasNet(nn.Module):
 
     def _link_bias_inputs(self) -> None:
         """Each biased conv learns which quantizer feeds it (its bias lives on the int32 grid)."""
+        link_input(self.encoder, self.q_input)
         link_input(self.bottleneck_norm, self.q_enc)
         link_input(self.bottleneck, self.q_bn_norm)
         prev = self.q_bottleneck
@@ -245,7 +253,8 @@ class ConvTasNet(nn.Module):
     def forward(self, codes: torch.Tensor) -> list[torch.Tensor]:
         """codes: [B, S, T] splitter values (int8 codes x 1/128), T a multiple of L/2 -> C x [B, 1, T + L/2]."""
         x = self.q_input(codes)
-        enc = self.q_enc(self.encoder(x))
+        enc = self.q_enc(self.encoder(x) if not self.cfg.encoder_split else
+                         self.q_enc_hi(self.encoder(x)) + self.q_enc_lo(self.encoder_lo(x)))
         y = self.q_bottleneck(self.bottleneck(self.q_bn_norm(self.bottleneck_norm(enc))))
         skip_sum = None
         for i, block in enumerate(self.blocks):
@@ -257,7 +266,7 @@ class ConvTasNet(nn.Module):
         outs = [y0]
         if self.cfg.n_combiner == 2:
             err = self.q_err(masked - self.q_res_enc(self.res_encoder(y0)))
-            outs.append(self.q_res_out(self.decode(err, self.q_res_frames, RES_GAIN)))
+            outs.append(self.q_res_out(self.decode(err, self.q_res_frames, self.cfg.res_gain)))
         return outs
 
 
