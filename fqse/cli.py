@@ -85,7 +85,7 @@ def _demo(a: argparse.Namespace) -> None:
 
 def _report(a: argparse.Namespace) -> None:
     from fqse.report import run_report
-    run_report(a.yaml, a.checkpoints, a.out, a.limit)
+    run_report(a.yaml, a.checkpoints, a.out, a.limit, baselines=a.baselines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoints", nargs="+", required=True)
     s.add_argument("--out", default="artifacts/report")
     s.add_argument("--limit", type=int)
+    s.add_argument("--baselines", action="store_true", help="also score RNNoise, NSNet2, DTLN and DeepFilterNet3 "
+                   "(`make baselines`) and DNSMOS; SI-SNRi vs input SNR plot of all systems")
     s.set_defaults(func=_report)
     return p
 

@@ -54,15 +54,20 @@ def _read(path: str) -> np.ndarray:
     return sf.read(path, dtype="float32")[0]
 
 
-def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval", group: str | None = None) -> dict:
+def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval", group: str | None = None,
+            dnsmos: bool = False) -> dict:
     """Mean SI-SNR, SI-SNRi, SDR and STOI over the rows (whole utterances); with `group` (a CSV column such as
-    "talker"), also the mean SI-SNRi per value of that column under `si_snri_by_<group>`."""
+    "talker"), also the mean SI-SNRi per value of that column under `si_snri_by_<group>`; with `dnsmos`, DNSMOS
+    SIG/BAK/OVRL of the output where `speechmos` is installed (fqse.baselines.dnsmos)."""
     acc: dict[str, list[float]] = {"si_snr": [], "si_snri": [], "sdr": [], "stoi": []}
     try:  # PESQ only where the (optional, compiled) `pesq` package is installed
         from pesq import pesq as wb_pesq
         acc["pesq"] = []
     except ImportError:
         wb_pesq = None
+    mos_fn = None
+    if dnsmos:
+        from fqse.baselines import dnsmos as mos_fn
     for r in tqdm(rows, desc=desc, leave=False):
         mix, clean = _read(r["mixture_path"]), _read(r["source_1_path"])
         est = fn(mix)
@@ -73,6 +78,9 @@ def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval", group: s
         acc["stoi"].append(stoi(est, clean, sr))
         if wb_pesq is not None:
             acc["pesq"].append(float(wb_pesq(sr, clean, est, "wb")))
+        if mos_fn is not None and (mos := mos_fn(est)) is not None:
+            for k, v in mos.items():
+                acc.setdefault(k, []).append(v)
     out: dict = {k: float(np.mean(v)) for k, v in acc.items()}
     if group and all(group in r for r in rows):
         keys = [r[group] for r in rows]
@@ -95,8 +103,10 @@ def snr_curve(fn: Enhance, rows: list[dict], snrs=CURVE_SNRS, desc: str = "curve
     return out
 
 
-def plot_curves(curves: dict[str, dict[float, float]], path: str | Path, title: str = "") -> None:
-    """The signature plot: output SI-SNR against input SNR, one line per model."""
+def plot_curves(curves: dict[str, dict[float, float]], path: str | Path, title: str = "",
+                ylabel: str = "output SI-SNR (dB)", reference: str = "input") -> None:
+    """The signature plot: output SI-SNR against input SNR, one line per model (`reference` "input": the
+    unprocessed input's line y = x; "zero": y = 0, for SI-SNRi curves)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -105,9 +115,9 @@ def plot_curves(curves: dict[str, dict[float, float]], path: str | Path, title: 
         xs = sorted(c)
         ax.plot(xs, [c[x] for x in xs], marker="o", label=name)
     xs = sorted(next(iter(curves.values())))
-    ax.plot(xs, xs, ls=":", color="gray", label="input (no processing)")
+    ax.plot(xs, xs if reference == "input" else [0.0] * len(xs), ls=":", color="gray", label="input (no processing)")
     ax.set_xlabel("input SNR (dB)")
-    ax.set_ylabel("output SI-SNR (dB)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or "SI-SNR vs input SNR")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
