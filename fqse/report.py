@@ -31,9 +31,12 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
     from training.config import load_config
     from training.evaluate import load_split, plot_curves, quality, snr_curve, torch_enhancer
 
+    if baselines:
+        from fqse.baselines import require
+        require()  # a missing extra fails before anything else
     conf = load_config(yaml)
     rows = load_split(conf["dataset"]["test_dir"], limit)
-    extra = _load_baselines(conf, rows) if baselines else []  # before the long work: a missing extra fails now
+    extra = _load_baselines(conf, rows) if baselines else []
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     systems: dict[str, dict] = {}
