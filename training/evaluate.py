@@ -46,8 +46,12 @@ def segmented(fn: Enhance, seg: int) -> Enhance:
 
 
 def load_split(split_dir: str, limit: int | None = None) -> list[dict]:
+    """The split's rows; with `limit`, that many spread evenly over the split (as training's `max_valid`), so a
+    subset still holds every talker and noise kind rather than the first talker's files."""
     rows = read_rows(split_dir)
-    return rows[:limit] if limit else rows
+    if not limit or limit >= len(rows):
+        return rows
+    return [rows[i] for i in np.linspace(0, len(rows) - 1, limit).astype(int)]
 
 
 def _read(path: str) -> np.ndarray:
@@ -76,14 +80,22 @@ def _mean(scores: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([d[k] for d in scores])) for k in scores[0]}
 
 
-def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval", group: str | None = None) -> dict:
+def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval", group: str | None = None,
+            dnsmos: bool = False) -> dict:
     """Mean SI-SNR, SI-SNRi, SDR, STOI (and PESQ-WB) over the rows (whole utterances); with `group` (a CSV column
-    such as "talker"), also the mean SI-SNRi per value of that column under `si_snri_by_<group>`."""
+    such as "talker"), also the mean SI-SNRi per value of that column under `si_snri_by_<group>`; with `dnsmos`,
+    DNSMOS SIG/BAK/OVRL of the output where `speechmos` is installed (fqse.baselines.dnsmos)."""
     pesq_fn = _pesq_fn()
+    mos_fn = None
+    if dnsmos:
+        from fqse.baselines import dnsmos as mos_fn
     scores = []
     for r in tqdm(rows, desc=desc, leave=False):
         mix, clean = _read(r["mixture_path"]), _read(r["source_1_path"])
-        scores.append(score(fn(mix), clean, mix, sr, pesq_fn))
+        est = fn(mix)
+        scores.append(score(est, clean, mix, sr, pesq_fn))
+        if mos_fn is not None and (mos := mos_fn(est)) is not None:
+            scores[-1].update(mos)
     out: dict = _mean(scores)
     if group and all(group in r for r in rows):
         keys = [r[group] for r in rows]
