@@ -388,16 +388,79 @@ def export_pairs(split_dir: str | Path, out: str | Path, kinds: tuple[str, ...] 
     out = Path(out)
     picked = []
     for i, kind in enumerate(kinds):
-        ok = [r for r in rows if r["noise_type"] == kind and r["talker"] == talkers[i % len(talkers)]
-              and r["length"] >= n and len(licenses_of(r)) == 1 and -2 <= float(r["snr_db"]) <= 12]
+        ok = []
+        for t in talkers[i % len(talkers):] + talkers[: i % len(talkers)]:  # alternate talkers where licenses allow
+            ok = ok or [r for r in rows if r["noise_type"] == kind and r["talker"] == t and r["length"] >= n
+                        and len(licenses_of(r)) == 1 and -2 <= float(r["snr_db"]) <= 12]
         if not ok:
-            raise DataGenError(f"no single-license {kind} mixture of {talkers[i % len(talkers)]} in {split_dir}")
+            raise DataGenError(f"no single-license {kind} mixture in {split_dir}")
         r = ok[int(rng.integers(len(ok)))]
         mix = sf.read(r["mixture_path"], dtype="int16", frames=n)[0]
         clean = sf.read(r["source_1_path"], dtype="int16", frames=n)[0]
         snr = 10 * np.log10(np.sum(clean.astype(float) ** 2) / (np.sum((mix.astype(float) - clean) ** 2) + 1e-9))
-        stem = f"{i:02d}_{kind}_{snr:+.0f}dB_{r['talker'].split('-', 1)[1]}"
+        stem = f"{i:02d}_{kind}_{round(snr):+d}dB_{r['talker'].split('-', 1)[1]}"
         for tag, x in (("noisy", mix), ("clean", clean)):
             write_audio(out / f"{stem}_{tag}.wav", x, SAMPLE_RATE)
         picked.append({**r, "stem": stem, "license": licenses_of(r).pop(), "snr_3s": round(float(snr), 2)})
     return picked
+
+
+def _credit(row: dict) -> str:
+    """Attribution of one mixture: its speech package and each recorded noise source."""
+    speech = GPL[1] if row["talker"].startswith("fillets") else CC_SOUNDS[1]
+    noise = sorted({PACKAGES[k.split(":")[0]].attribution for k in row.get("noise_source", "").split(";")
+                    if k.split(":")[0] in PACKAGES})
+    return "; ".join([f"speech: {speech}", *(f"noise: {n}" for n in noise)])
+
+
+def write_shipped_audio(set_dir: str | Path, samples: str | Path, calibration: str | Path) -> None:
+    """samples/ (noisy/clean pairs from the test split) and calibration_data/ (noisy clips from the dev split), each
+    with a README giving every file's source, license and attribution. `set_dir`: OUT/wav16k/min of the set."""
+    from runtime.audio import write_audio
+    from training.data import read_rows
+    set_dir = Path(set_dir)
+    for folder in (samples, calibration):
+        for old in Path(folder).glob("*.wav"):
+            old.unlink()
+    picked = export_pairs(set_dir / "test", samples)
+    lines = ["# samples/", "", f"{len(picked)} noisy/clean pairs (16 kHz mono int16 wav, the first 3 s of a mixture) "
+             "from the **test** split of `fqse data --source debian`: real recorded speech of talkers no model "
+             "was trained or tuned on, mixed with noise recordings (or synthetic noise kinds) no training file uses. "
+             "Names: index, noise kind, SNR of the 3 s crop, talker. `fqse demo` and the tests use them.", "",
+             "Remake: `python -m training.realdata data/real/wav16k/min` (after `make real-data`).", "",
+             "| files | talker | noise | SNR | license | source mixture | attribution |", "|---|---|---|---:|---|---|---|"]
+    for r in picked:
+        lines.append(f"| `{r['stem']}_{{noisy,clean}}.wav` | {r['talker']} | {r['noise_type']} | {r['snr_3s']:+.1f} dB "
+                     f"| {r['license']} | {r['mixture_ID']} | {_credit(r)} |")
+    lines += ["", "Each file keeps its source's license (GPL-2+ or CC-BY-SA-3.0, as listed); they are shipped beside "
+              "the MIT-licensed code as separate works (see LICENSE)."]
+    Path(samples, "README.md").write_text("\n".join(lines) + "\n")
+    rows = read_rows(set_dir / "dev")
+    n, calib = int(3.0 * SAMPLE_RATE), []
+    for kind in ("music", "effects", "babble", "pink", "bursts", "hum", "white"):
+        if len(calib) == 4:
+            break
+        ok = [r for r in rows if r["noise_type"] == kind and r["length"] >= n and len(licenses_of(r)) == 1]
+        if ok:
+            r = ok[len(ok) // 2]
+            name = f"{len(calib):02d}_{kind}_{float(r['snr_db']):+.0f}dB_noisy.wav"
+            write_audio(Path(calibration) / name, sf.read(r["mixture_path"], dtype="int16", frames=n)[0], SAMPLE_RATE)
+            calib.append((name, r))
+    lines = ["# calibration_data/", "", f"{len(calib)} noisy 3-second clips (16 kHz mono int16 wav) from the **dev** "
+             "split of `fqse data --source debian` (a talker and noise recordings that neither training nor the "
+             "test split uses).", "",
+             "What they are for: a QAT checkpoint needs **no calibration** (every deployed tensor has a learned "
+             "range). `fqse convert` uses the first clip as the check signal of its stage-by-stage verification; "
+             "post-training quantization (`fqse import --ptq`, `fqse convert --calibration`) and the integer gLN/cLN "
+             "internals take their ranges from all of them. Add your own clips here (or pass `--calibration DIR`).",
+             "", "Remake: `python -m training.realdata data/real/wav16k/min`.", "",
+             "| file | talker | noise | license | source mixture | attribution |", "|---|---|---|---|---|---|"]
+    for name, r in calib:
+        lines.append(f"| `{name}` | {r['talker']} | {r['noise_type']} | {licenses_of(r).pop()} | {r['mixture_ID']} "
+                     f"| {_credit(r)} |")
+    Path(calibration, "README.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    import sys
+    write_shipped_audio(sys.argv[1] if len(sys.argv) > 1 else "data/real/wav16k/min", "samples", "calibration_data")
