@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "samples" / "00_white_+3dB_noisy.wav"
+SAMPLE = sorted((ROOT / "samples").glob("*_noisy.wav"))[0]
 DEMO_CKPT = ROOT / "training" / "pretrained" / "demo_fqse_tiny.pt"
 
 

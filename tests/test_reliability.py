@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import run_fqse
+from tests.conftest import ROOT, run_fqse
 
 
 class _Exploit:
@@ -37,11 +37,12 @@ def test_malicious_checkpoint_payload_is_live_without_weights_only(tmp_path):
 
 @pytest.mark.parametrize("argv", [
     ["export", "--checkpoint", "{evil}", "-o", "{tmp}/m.onnx"],
-    ["parity", "--checkpoint", "{evil}", "--audio", "samples/00_white_+3dB_noisy.wav"],
+    ["parity", "--checkpoint", "{evil}", "--audio", "{wav}"],
 ])
 def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, argv):
     evil, marker = _evil_checkpoint(tmp_path)
-    res = run_fqse(*[a.format(evil=evil, tmp=tmp_path) for a in argv])
+    wav = sorted((ROOT / "samples").glob("*_noisy.wav"))[0]
+    res = run_fqse(*[a.format(evil=evil, tmp=tmp_path, wav=wav) for a in argv])
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "refused to load" in lines[0] and "posix.system" in lines[0], res.stderr
@@ -437,7 +438,7 @@ def test_output_format_follows_extension(tmp_path, demo_onnx, ext, fmt):
     from tests.conftest import SAMPLES
     for extra in ([], ["--stream"]):
         out = tmp_path / f"o{len(extra)}{ext}"
-        res = run_fqse("enhance", str(SAMPLES / "00_white_+3dB_noisy.wav"), "-o", str(out), "--model", str(demo_onnx),
+        res = run_fqse("enhance", str(sorted(SAMPLES.glob("*_noisy.wav"))[0]), "-o", str(out), "--model", str(demo_onnx),
                        *extra)
         assert res.returncode == 0, res.stderr
         info = sf.info(out)
