@@ -51,7 +51,7 @@ def fully_integer(report: dict[str, Any]) -> list[str]:
 def scale_mismatches(g: Graph, report: dict[str, Any]) -> list[str]:
     """QAT quantizers with no TFLite tensor of exactly that (scale, zero point), and int8 activation
     tensors of the TFLite model whose (scale, zero point) is no QAT quantizer's."""
-    from conversion.int_norm import internal_qparams
+    from conversion.ops.int_norm import internal_qparams
     want = {(np.float32(qp[0]), qp[1]) for qp in [op.qp for op in g.ops] + [(qmath.IO_SCALE, 0)] + internal_qparams(g)
             if qp is not None}
     have = {(np.float32(t["scales"][0]), int(t["zero_points"][0])) for t in report["tensors"].values()

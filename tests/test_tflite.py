@@ -60,7 +60,7 @@ def test_parity_with_fake_quant(demo_tflite, demo_ckpt):
 
 @pytest.mark.parametrize("norm", ["gLN", "cLN"])
 def test_layer_norm_models_convert_to_integer_tflite(tmp_path, norm):
-    """gLN / cLN as int8 MEAN, SUB, MUL, RSQRT ops (conversion/int_norm.py): no float tensor; without
+    """gLN / cLN as int8 MEAN, SUB, MUL, RSQRT ops (conversion/ops/int_norm.py): no float tensor; without
     the calibrated internal grids the lowering refuses."""
     import torch
     from conversion.graph import build_graph
