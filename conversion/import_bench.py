@@ -18,9 +18,9 @@ import torch
 
 from conversion import importers, ptq
 from conversion.fullsize import make_model
-from conversion.onnx_export import export_onnx
+from conversion.pipeline import export_onnx
 from conversion.reference import ActFQ, RefConfig, ReferenceFQSE, WeightFQ, make_trained_like, preprocess
-from conversion.tflite_export import convert_tflite
+from conversion.pipeline import convert_tflite
 from runtime.bench import measure_isolated
 
 

@@ -1,4 +1,4 @@
-"""`fqse export`: the deploy graph as ONNX in QDQ form, with exactly the QAT scales.
+"""The deploy graph as ONNX in QDQ form, with exactly the QAT scales (`fqse export`: conversion/pipeline.py).
 
 Input: the splitter's S int8 code streams [1, S, T] (scale 1/128, zero point 0). Outputs: C int8
 streams [1, 1, T] for the host combiner. Weights are int8 initializers (per output channel) followed
@@ -7,8 +7,6 @@ QuantizeLinear/DequantizeLinear pair. T is dynamic (a multiple of the hop).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
 
 import numpy as np
@@ -16,12 +14,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from conversion import ops
-from conversion.graph import Graph, build_graph
-from conversion.step_graph import build_step_graph
+from conversion.graph import Graph
 from runtime import modelmeta, qmath
-from runtime.files import atomic_write
-from conversion.importers import load_any
-from training.config import load_config, model_config
 
 OPSET = 17
 
@@ -121,27 +115,21 @@ def as_uint8(model: onnx.ModelProto) -> onnx.ModelProto:
 ACTIVATIONS = ("auto", "uint8", "int8")
 
 
-def export_onnx(checkpoint: str | Path, output: str | Path, float_model: bool = False, yaml: str | None = None,
-                step_frames: int | None = None, activations: str = "auto") -> Path:
-    """Checkpoint -> .onnx (written atomically); with step_frames, the streaming step model.
-    activations: "int8" (s8s8: fast on ARM and x86 with VNNI), "uint8" (u8u8: fast on x86 without
-    VNNI; the model's int8 boundary codes are shifted by the runtime), or "auto" (what suits this CPU,
+def resolve_activations(activations: str) -> str:
+    """"int8" (s8s8: fast on ARM and x86 with VNNI), "uint8" (u8u8: fast on x86 without VNNI; the model's
+    int8 boundary codes are shifted by the runtime), or "auto" (what suits this CPU,
     runtime.cpu.onnx_activations). Both forms give the same integer outputs."""
     if activations not in ACTIVATIONS:
         raise ValueError(f"activations {activations!r}: use one of {', '.join(ACTIVATIONS)}")
     if activations == "auto":
         from runtime.cpu import onnx_activations
         activations = onnx_activations()
-    cfg = model_config(load_config(yaml)) if yaml else None
-    model = load_any(checkpoint, cfg)
-    g = build_graph(model, quantized=not float_model)
-    ops.prepare(model, g)  # the op kinds' hooks (gLN / cLN: int8 internals, calibrated)
-    states = None
-    if step_frames:
-        g, states = build_step_graph(g, step_frames)
+    return activations
+
+
+def to_onnx(g: Graph, states: list | None = None, activations: str = "int8") -> bytes:
+    """The deploy graph (a step graph with its states) as the bytes of a sealed .onnx file."""
     proto = graph_to_onnx(g, states)
-    if activations == "uint8" and g.quantized:
+    if resolve_activations(activations) == "uint8" and g.quantized:
         proto = as_uint8(proto)
-    raw = modelmeta.seal(proto.SerializeToString())
-    atomic_write(output, lambda tmp: Path(tmp).write_bytes(raw))
-    return Path(output)
+    return modelmeta.seal(proto.SerializeToString())

@@ -1,28 +1,25 @@
-"""`fqse convert`: the deploy graph as a fully-integer TFLite model that keeps the QAT scales.
+"""The deploy graph as a fully-integer TFLite model that keeps the QAT scales (`fqse convert`:
+conversion/pipeline.py).
 
 The graph is written in TensorFlow with FakeQuant ops carrying exactly the QAT ranges (weights per
 channel, narrow range; activations per tensor, nudged ranges), which the TFLite converter turns into
 int8 kernels without calibration. Layout NHWC [1, 1, T, C]; int8 input (S code streams) and C int8
-outputs. Then every stage is checked: the TF graph against the ONNX/IR reference (float), the TFLite
-model's scales against the QAT ones (tensor by tensor) and its outputs against the fake-quant model.
+outputs. The pipeline then checks every stage (conversion/checks.py): the TF graph against the torch
+model (float and fake-quant), the TFLite model's scales against the QAT ones and its outputs against
+the fake-quant model.
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from conversion import ops
 from conversion.errors import ConversionError  # noqa: F401 - importable from here too
-from conversion.graph import Graph, build_graph
+from conversion.graph import Graph
 from conversion.ops import fake_quant
-from conversion.step_graph import build_step_graph
 from runtime import modelmeta, qmath
-from runtime.files import atomic_write
-from conversion.importers import load_any
-from training.config import load_config, model_config
 
 
 # Traced length (samples); the dilated convs only lower to native dilated int8 kernels with a static
@@ -109,25 +106,3 @@ def tensor_report(raw: bytes) -> dict[str, Any]:
         out[d["name"]] = {"dtype": np.dtype(d["dtype"]).name, "scales": qp["scales"], "zero_points": qp["zero_points"]}
     ops = [o["op_name"] for o in it._get_ops_details()]
     return {"tensors": out, "ops": ops}
-
-
-def convert_tflite(checkpoint: str | Path, output: str | Path, float_model: bool = False,
-                   yaml: str | None = None, audio: np.ndarray | None = None,
-                   step_frames: int | None = None) -> dict[str, Any]:
-    """Checkpoint -> .tflite, checked stage by stage; returns a report. Writes the file atomically.
-    With step_frames: the streaming step model (K frames per call, explicit int8 state)."""
-    from conversion.checks import check_step, check_tflite
-    cfg = model_config(load_config(yaml)) if yaml else None
-    model = load_any(checkpoint, cfg)
-    g = build_graph(model, quantized=not float_model)
-    ops.prepare(model, g)  # the op kinds' hooks (gLN / cLN: int8 internals, calibrated)
-    if step_frames:
-        sg, states = build_step_graph(g, step_frames)
-        raw = to_tflite(sg, states)
-        report = check_step(model, g, raw, audio)
-    else:
-        raw = to_tflite(g)
-        report = check_tflite(model, g, raw, audio)
-    atomic_write(output, lambda tmp: Path(tmp).write_bytes(raw))
-    report["path"] = str(output)
-    return report

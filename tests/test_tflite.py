@@ -7,7 +7,8 @@ import pytest
 from conversion.checks import fully_integer, scale_mismatches
 from conversion.graph import build_graph
 from conversion.parity import compare, torch_outputs
-from conversion.tflite_export import ConversionError, convert_tflite, tensor_report
+from conversion.pipeline import ConversionError, convert_tflite
+from conversion.tflite_export import tensor_report
 from runtime import pipeline
 from runtime.audio import read_audio, to_int16
 from runtime.backends import TfliteBackend
