@@ -1,11 +1,12 @@
 """Step (streaming) form of a causal deploy graph: K encoder frames per call, explicit int8 state.
 
 Each call takes K hops of splitter codes (K * L/2 samples) plus the state tensors and returns K hops
-of each output plus the new state. The states are the histories the offline graph reads:
-- the last hop of the model input (the encoder's window is two hops) and of y0 (residual encoder),
-- the last (P-1)*d frames before each causal depthwise conv,
-- the second half of the last decoder frame (overlap-add), for y0 and y1,
-- with the residual block (C = 2), one frame of `masked` and one hop of y0, so that y0 and y1 leave
+of each output plus the new state. The states are the histories the offline graph reads, each
+declared by the step rule of the op kind that reads it (conversion/ops/):
+- the last hop of the model input (the encoder's window is two hops) and of y0 (residual encoder): conv,
+- the last (P-1)*d frames before each causal depthwise conv: conv,
+- the second half of the last decoder frame (overlap-add), for y0 and y1: ola,
+- (the graph's own rule, here) with the residual block (C = 2), one frame of `masked` and one hop of y0, so that y0 and y1 leave
   together: the outputs of call n are hops n*K-1 ... n*K+K-2 of the offline outputs (one hop late).
 Initial state is all zeros (real zero; it stands for the offline model's leading pad hop). Fed the
 audio hop by hop and then zeros, the step model gives exactly the offline outputs, delayed by
