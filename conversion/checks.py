@@ -49,6 +49,20 @@ MIN_SNR_FLOAT = 60.0
 # the float stage first (quantizers off, the same emitters, MIN_SNR_FLOAT; 138 dB on the demo model): a
 # PReLU emitted as ReLU (tests/test_ops.py) gives 12.4 dB there, but still 15.8 dB at the int8 stage.
 MIN_SNR_ONNX_INT8 = 15.0
+# Models with integer gLN / cLN (int_norm ops): the fake-quant torch model computes its norms in float,
+# the deployed models (TF graph, TFLite, ONNX alike) with int8 internals on grids no QAT quantizer
+# learned, so every int8 stage also measures that approximation, compounded over the norms (each
+# alone 27-34 dB from the float norm, README "gLN / cLN in integer arithmetic"). Measured: 17.5 dB
+# (full-size random gLN, conversion/import_bench.py), 23.3 / 23.7 dB (test_tflite's random gLN / cLN),
+# 13.5 dB (test_import's random asteroid-layout gLN model after PTQ: 13.49 dB in the TF graph, TFLite
+# and ONNX alike, so not a lowering error). Their int8 stages fail below 10 dB; the float stage (60 dB)
+# still checks their lowering.
+MIN_SNR_INT_NORM = 10.0
+
+
+def int8_bound(g: Graph, bound: float) -> float:
+    """The bound of an int8 stage of graph g: `bound`, or MIN_SNR_INT_NORM with integer norms (above)."""
+    return min(bound, MIN_SNR_INT_NORM) if any(op.kind == "int_norm" for op in g.ops) else bound
 
 
 def check_audio(sample_rate: int, seconds: float = 2.0) -> np.ndarray:
@@ -150,7 +164,7 @@ def check_tflite(model: Any, g: Graph, raw: bytes, pcm: np.ndarray | None = None
             raise ConversionError(f"float TF graph disagrees with the float torch model: "
                                   f"{report['tf_graph_float']['snr_db']:.1f} dB < {MIN_SNR_FLOAT} dB")
     report["tf_graph"] = compare(ref, _run_tf(g, x), g.meta)
-    bound = MIN_SNR_TF_GRAPH if g.quantized else MIN_SNR_FLOAT
+    bound = int8_bound(g, MIN_SNR_TF_GRAPH) if g.quantized else MIN_SNR_FLOAT
     if report["tf_graph"]["snr_db"] < bound:
         raise ConversionError(f"TF graph disagrees with the torch model: {report['tf_graph']['snr_db']:.1f} dB < {bound} dB")
     # Stage 2: the TFLite model.
@@ -160,7 +174,7 @@ def check_tflite(model: Any, g: Graph, raw: bytes, pcm: np.ndarray | None = None
         p.write_bytes(raw)
         be = TfliteBackend(p)
         report["tflite"] = compare(ref, be.run(x), g.meta)
-    bound = MIN_SNR_TFLITE_INT8 if g.quantized else MIN_SNR_FLOAT
+    bound = int8_bound(g, MIN_SNR_TFLITE_INT8) if g.quantized else MIN_SNR_FLOAT
     if report["tflite"]["snr_db"] < bound:
         raise ConversionError(f"TFLite model disagrees with the torch model: {report['tflite']['snr_db']:.1f} dB < {bound} dB")
     return report
@@ -200,7 +214,7 @@ def check_stream(model: Any, g: Graph, raw: bytes, pcm: np.ndarray | None = None
             y = _stream_float(p, pcm)  # on the full-size float model, whose output is quiet)
     key = suffix.lstrip(".")
     report = {key: {"snr_db": snr(y, ref)}}
-    bound = (MIN_SNR_TFLITE_INT8 if key == "tflite" else MIN_SNR_ONNX_INT8) if g.quantized else MIN_SNR_FLOAT
+    bound = int8_bound(g, MIN_SNR_TFLITE_INT8 if key == "tflite" else MIN_SNR_ONNX_INT8) if g.quantized else MIN_SNR_FLOAT
     if report[key]["snr_db"] < bound:
         raise ConversionError(f"streamed {what} step model disagrees with the torch model: {report[key]['snr_db']:.1f} dB < {bound} dB")
     return report
@@ -273,7 +287,7 @@ def check_onnx(model: Any, g: Graph, raw: bytes, pcm: np.ndarray | None = None) 
         p = Path(tmp) / "m.onnx"
         p.write_bytes(raw)
         report["onnx"] = compare(torch_outputs(model, x), OnnxBackend(p).run(x), g.meta)
-    bound = MIN_SNR_ONNX_INT8 if g.quantized else MIN_SNR_FLOAT
+    bound = int8_bound(g, MIN_SNR_ONNX_INT8) if g.quantized else MIN_SNR_FLOAT
     if report["onnx"]["snr_db"] < bound:
         raise ConversionError(f"ONNX model disagrees with the torch model: {report['onnx']['snr_db']:.1f} dB < {bound} dB")
     return report
