@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from conversion.onnx_export import export_onnx
-from conversion.tflite_export import convert_tflite
+from conversion.pipeline import export_onnx
+from conversion.pipeline import convert_tflite
 from runtime.bench import measure_isolated
 from training import checkpoint
 from training.model import ConvTasNet, ModelConfig, enhance

@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from conversion.errors import ExportError
 from runtime import modelmeta, qmath
 from training.model import ConvTasNet
 
 
 @dataclass
 class Op:
-    kind: str  # conv | prelu | relu | add | sub | mul | ola | norm
+    kind: str  # a kind registered in conversion/ops/ (one module each: its emitters and streaming rule)
     inputs: list[str]
     output: str
     qp: tuple[float, int] | None  # output (scale, int8 zero point); None in a float graph
@@ -33,10 +34,6 @@ class Graph:
     outputs: list[str]
     meta: dict[str, Any]
     quantized: bool
-
-
-class ExportError(ValueError):
-    """The model cannot be exported as asked; one-line message."""
 
 
 def _qp(q: Any) -> tuple[float, int] | None:

@@ -18,9 +18,9 @@ import torch
 
 from conversion import importers, ptq
 from conversion.fullsize import make_model
-from conversion.onnx_export import export_onnx
+from conversion.pipeline import export_onnx
 from conversion.reference import ActFQ, RefConfig, ReferenceFQSE, WeightFQ, make_trained_like, preprocess
-from conversion.tflite_export import convert_tflite
+from conversion.pipeline import convert_tflite
 from runtime.bench import measure_isolated
 
 
@@ -42,7 +42,7 @@ def _norm_cost(model, clips) -> dict:
     fake-quant torch model: the cost of the int8 norm internals, on the first check clip."""
     from conversion.checks import _run_tf, check_audio
     from conversion.graph import build_graph
-    from conversion.int_norm import calibrate_norms, norm_snr
+    from conversion.ops.int_norm import calibrate_norms, norm_snr, to_float
     from conversion.parity import compare, torch_outputs
     from runtime import pipeline
     g = build_graph(model)
@@ -53,8 +53,7 @@ def _norm_cost(model, clips) -> dict:
     per = norm_snr(model, g, check_audio(16000) / 32768.0)
     res["per_norm_db"] = {"min": min(per.values()), "median": float(np.median(list(per.values()))),
                           "max": max(per.values()), "n": len(per)}
-    for op in g.ops:
-        op.attrs.pop("int_qp", None)
+    to_float(g)
     res["float_norm_vs_fakequant_db"] = compare(ref, _run_tf(g, x), g.meta)["snr_db"]
     return res
 

@@ -43,7 +43,7 @@ def _check_suffix(path: str, ext: str) -> None:
 
 
 def _export(a: argparse.Namespace) -> None:
-    from conversion.onnx_export import export_onnx
+    from conversion.pipeline import export_onnx
     _check_suffix(a.output, ".onnx")
     path = export_onnx(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml, step_frames=_step_frames(a),
                        activations=a.activations)
@@ -64,7 +64,7 @@ def _step_frames(a: argparse.Namespace) -> int | None:
 
 
 def _convert(a: argparse.Namespace) -> None:
-    from conversion.tflite_export import convert_tflite
+    from conversion.pipeline import convert_tflite
     _check_suffix(a.output, ".tflite")
     report = convert_tflite(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml, step_frames=_step_frames(a))
     print(json.dumps(report, indent=1))

@@ -39,9 +39,9 @@ def _plot(noisy: np.ndarray, enhanced: np.ndarray, clean: np.ndarray, sr: int, p
 
 def run_demo(out: str | Path = "artifacts/demo") -> dict:
     import torch
-    from conversion.onnx_export import export_onnx
+    from conversion.pipeline import export_onnx
     from conversion.parity import compare, torch_outputs
-    from conversion.tflite_export import convert_tflite
+    from conversion.pipeline import convert_tflite
     from runtime import pipeline
     from runtime.audio import read_audio, to_int16
     from runtime.bench import measure

@@ -24,8 +24,8 @@ def _label(cfg) -> str:
 
 def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | None = None,
                baselines: bool = False) -> dict:
-    from conversion.onnx_export import export_onnx
-    from conversion.tflite_export import ConversionError, convert_tflite
+    from conversion.pipeline import export_onnx
+    from conversion.pipeline import ConversionError, convert_tflite
     from fqse.baselines import SR, require, seconds_per_second
     from runtime.bench import measure
     from runtime.enhancer import Enhancer

@@ -26,13 +26,13 @@ def demo_ckpt() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_onnx(tmp_path_factory, demo_ckpt) -> Path:
-    from conversion.onnx_export import export_onnx
+    from conversion.pipeline import export_onnx
     return export_onnx(demo_ckpt, tmp_path_factory.mktemp("onnx") / "demo.onnx", activations="int8")
 
 
 @pytest.fixture(scope="session")
 def demo_tflite(tmp_path_factory, demo_ckpt) -> tuple[Path, dict]:
-    from conversion.tflite_export import convert_tflite
+    from conversion.pipeline import convert_tflite
     out = tmp_path_factory.mktemp("tflite") / "demo.tflite"
     report = convert_tflite(demo_ckpt, out)
     return out, report
@@ -41,8 +41,8 @@ def demo_tflite(tmp_path_factory, demo_ckpt) -> tuple[Path, dict]:
 @pytest.fixture(scope="session")
 def demo_step(tmp_path_factory, demo_ckpt) -> dict[str, Path]:
     """Streaming step models (16 ms per call) in both formats."""
-    from conversion.onnx_export import export_onnx
-    from conversion.tflite_export import convert_tflite
+    from conversion.pipeline import export_onnx
+    from conversion.pipeline import convert_tflite
     d = tmp_path_factory.mktemp("step")
     convert_tflite(demo_ckpt, d / "step.tflite", step_frames=16)
     return {"onnx": export_onnx(demo_ckpt, d / "step.onnx", step_frames=16, activations="int8"), "tflite": d / "step.tflite"}

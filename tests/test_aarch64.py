@@ -30,7 +30,7 @@ def _selfcheck(cmd: list[str], models: list[Path], env: dict | None = None) -> d
 def test_aarch64_outputs_bit_identical_to_x86(demo_onnx, demo_tflite, demo_step, tmp_path):
     if shutil.which("qemu-aarch64-static") is None or not (SYSROOT / "root" / "usr" / "bin" / "python3.11").exists():
         pytest.skip("no aarch64 sysroot: run `make aarch64-check`")
-    from conversion.onnx_export import export_onnx
+    from conversion.pipeline import export_onnx
     u8 = export_onnx(ROOT / "training" / "pretrained" / "demo_fqse_tiny.pt", tmp_path / "u8.onnx", activations="uint8")
     models = [demo_tflite[0], demo_onnx, u8, demo_step["tflite"], demo_step["onnx"]]
     x86 = _selfcheck([sys.executable], models)

@@ -194,7 +194,7 @@ def run_case(case: Case, ctx: Ctx) -> tuple[int, list[str]]:
 
 
 def _demo_onnx(tmp: Path) -> Path:
-    from conversion.onnx_export import export_onnx
+    from conversion.pipeline import export_onnx
     return export_onnx(DEMO_CKPT, tmp / "demo.onnx")
 
 

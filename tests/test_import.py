@@ -162,7 +162,7 @@ def test_fqse_import_and_export_reference(ref_pth, tmp_path):
 def test_runtime_combines_learned_output_grids(ref_pth, tmp_path, clips):
     """The runtime's combiner dequantizes each output with its own scale and zero point: ONNX run
     through the Enhancer equals the fake-quant model's combined output up to tie flips."""
-    from conversion.onnx_export import export_onnx
+    from conversion.pipeline import export_onnx
     from conversion.parity import torch_outputs, to_wave
     from runtime import pipeline
     from runtime.audio import to_int16
@@ -338,7 +338,7 @@ def test_ptq_of_trained_float_model_quality_and_tflite(tmp_path):
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["ptq"]["method"] == ptq.DEFAULT_METHOD
     fm, qm = load_model(ROOT_DEMO_FLOAT), load_model(out)
-    from conversion.tflite_export import convert_tflite
+    from conversion.pipeline import convert_tflite
     rep = convert_tflite(out, tmp_path / "ptq.tflite")
     assert rep["fully_integer"] and rep["qat_scales_kept"]
     enh = Enhancer.from_file(tmp_path / "ptq.tflite")
@@ -407,7 +407,7 @@ def test_import_reference_qat_8bit_layout(tmp_path, clips):
     cfg = rep["model_config"]
     assert (cfg["n_splitter"], cfg["n_combiner"], cfg["norm_type"]) == (1, 1, "gLN")
     assert set(rep["snr_vs_reference_db"]) == {"y0", "combined"} and rep["snr_vs_reference_db"]["y0"] > 10  # 16.0
-    from conversion.onnx_export import export_onnx
+    from conversion.pipeline import export_onnx
     assert export_onnx(tmp_path / "q.pt", tmp_path / "q.onnx").exists()
 
 

@@ -104,7 +104,7 @@ def test_xnnpack_within_one_lsb_layer_by_layer(demo_tflite):
 
 
 def test_float_model_is_a_clear_error(tmp_path):
-    from conversion.tflite_export import convert_tflite
+    from conversion.pipeline import convert_tflite
     from tests.conftest import ROOT
     p = convert_tflite(ROOT / "training" / "pretrained" / "demo_float_tiny.pt", tmp_path / "f.tflite", float_model=True)["path"]
     with pytest.raises(IntRefError, match="not int8"):

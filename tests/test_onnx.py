@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from conversion.graph import ExportError
-from conversion.onnx_export import export_onnx
+from conversion.pipeline import export_onnx
 from conversion.parity import compare, torch_outputs
 from runtime import pipeline
 from runtime.audio import read_audio, to_int16

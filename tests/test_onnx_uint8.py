@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conversion.onnx_export import export_onnx
+from conversion.pipeline import export_onnx
 from runtime import pipeline
 from runtime.audio import read_audio, to_int16
 from runtime.backends import OnnxBackend

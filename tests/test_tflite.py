@@ -7,7 +7,8 @@ import pytest
 from conversion.checks import fully_integer, scale_mismatches
 from conversion.graph import build_graph
 from conversion.parity import compare, torch_outputs
-from conversion.tflite_export import ConversionError, convert_tflite, tensor_report
+from conversion.pipeline import ConversionError, convert_tflite
+from conversion.tflite_export import tensor_report
 from runtime import pipeline
 from runtime.audio import read_audio, to_int16
 from runtime.backends import TfliteBackend
@@ -60,7 +61,7 @@ def test_parity_with_fake_quant(demo_tflite, demo_ckpt):
 
 @pytest.mark.parametrize("norm", ["gLN", "cLN"])
 def test_layer_norm_models_convert_to_integer_tflite(tmp_path, norm):
-    """gLN / cLN as int8 MEAN, SUB, MUL, RSQRT ops (conversion/int_norm.py): no float tensor; without
+    """gLN / cLN as int8 MEAN, SUB, MUL, RSQRT ops (conversion/ops/int_norm.py): no float tensor; without
     the calibrated internal grids the lowering refuses."""
     import torch
     from conversion.graph import build_graph

@@ -1,4 +1,4 @@
-"""gLN / cLN in int8 arithmetic for fully-integer TFLite.
+"""int_norm: gLN / cLN in int8 arithmetic, for fully-integer TFLite (and the same grids in ONNX QDQ).
 
 y = (x - mean) * (rsqrt(var) * gamma) + beta, written as int8 ops, each output on its own grid:
 MEAN(x) -> SUB -> MUL (square) -> MEAN (var) -> RSQRT -> MUL gamma (a [C] vector) -> MUL -> ADD beta
@@ -8,6 +8,9 @@ quantizer's grid; the internal grids, which no QAT quantizer learned, are calibr
 calibration audio (min/max of each intermediate; the per-utterance scalars mean, var and rsqrt get 2x
 headroom, since three clips cannot show their spread). The mean of the int8 squares is accurate in
 spite of the coarse square grid: rounding errors average out over the T x C terms.
+
+`prepare` (run on every graph before emission) turns a quantized graph's `norm` ops into `int_norm` ops
+with their calibrated internal grids (attrs["int_qp"]).
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from conversion.graph import Graph
+from conversion.ops.base import fake_quant, register
+from conversion.ops.norm import Norm, emit_tf, folded
 from runtime import qmath
 
 HEADROOM = 2.0  # per-utterance scalars (mean, var, rsqrt): range = 2 x the calibrated extreme
@@ -43,16 +47,10 @@ def _stats(x: np.ndarray, mode: str, gamma: np.ndarray, eps: float) -> dict[str,
             "mean_t": x.mean(axis=0), "var_t": d2.mean(axis=0)}
 
 
-def prepare(model: Any, g: Graph) -> None:
-    """Before lowering a quantized graph with gLN / cLN: their internal grids from calibration_data/."""
-    if g.quantized and any(op.kind == "norm" for op in g.ops):
-        from conversion.ptq import calibration_audio
-        calibrate_norms(model, g, calibration_audio(None, model.cfg.sample_rate))
-
-
 @torch.no_grad()
-def calibrate_norms(model: Any, g: Graph, clips: list[np.ndarray]) -> None:
-    """Give each norm op of a quantized graph the int8 grids of its internal tensors (op.attrs["int_qp"])."""
+def calibrate_norms(model: Any, g: Any, clips: list[np.ndarray]) -> None:
+    """Give each norm op of a quantized graph the int8 grids of its internal tensors (op.attrs["int_qp"]);
+    it becomes an int_norm op."""
     from training.model import Pipeline
     ops = [op for op in g.ops if op.kind == "norm"]
     if not ops or not g.quantized:
@@ -81,13 +79,15 @@ def calibrate_norms(model: Any, g: Graph, clips: list[np.ndarray]) -> None:
         lo["gamma"], hi["gamma"] = float(a["gamma"].min()), float(a["gamma"].max())
         lo["beta"], hi["beta"] = float(a["beta"].min()), float(a["beta"].max())
         a["int_qp"] = {k: _qp(lo[k], hi[k]) for k in INTERNAL if k not in folded(a)}
+        op.kind = IntNorm.kind
 
 
-def folded(attrs: dict) -> tuple[str, ...]:
-    """Internals that do not exist: gamma = 1 (no MUL gamma), beta = 0 (no ADD; the converter would
-    fold it away); the QAT output FakeQuant then follows the last op that remains."""
-    out = () if (attrs["gamma"] != 1).any() else ("gamma", "rg")
-    return out + (() if attrs["beta"].any() else ("g", "beta"))
+def to_float(g: Any) -> None:
+    """Undo calibrate_norms: the graph's int_norm ops back to float norms (for diagnosis)."""
+    for op in g.ops:
+        if op.kind == IntNorm.kind:
+            op.kind = Norm.kind
+            op.attrs.pop("int_qp", None)
 
 
 def _qp(lo: float, hi: float) -> tuple[float, int]:
@@ -95,53 +95,70 @@ def _qp(lo: float, hi: float) -> tuple[float, int]:
     return float(np.float32(scale)), int(zp)
 
 
-def emit_tf(tf: Any, x: Any, attrs: dict, fq: Any) -> Any:
-    """The norm on x [1, 1, T, C] (NHWC) in TF ops; with attrs["int_qp"] every intermediate is
-    FakeQuant'd (int8 kernels in TFLite), else float."""
-    qp = attrs.get("int_qp") or {}
-    q = (lambda v, k: fq(tf, v, qp[k])) if qp else (lambda v, k: v)  # noqa: E731
-
-    def mean_of(v, k):  # gLN: over channels, then time (XNNPACK's int8 MEAN over both axes at once
-        # returned zeros for the squares here; two single-axis MEANs are right)
-        if attrs["mode"] == "gLN":
-            v = q(tf.reduce_mean(v, axis=[3], keepdims=True), k + "_t")
-            return q(tf.reduce_mean(v, axis=[2], keepdims=True), k)
-        return q(tf.reduce_mean(v, axis=[3], keepdims=True), k)
-
-    mean = mean_of(x, "mean")
-    d = q(x - mean, "d")
-    var = mean_of(q(d * d, "d2"), "var")
-    if qp:
-        r = q(tf.math.rsqrt(var), "rsqrt")  # the int8 grid of var has no zero-variance case: code 0 -> max
-    else:
-        r = tf.math.rsqrt(var + attrs["eps"])
-    fold = folded(attrs) if qp else ()
-    if "rg" in fold:
-        rg = r
-    else:
-        gamma = q(tf.constant(attrs["gamma"].reshape(1, 1, 1, -1).astype(np.float32)), "gamma")
-        rg = q(r * gamma, "rg")
-    if "beta" in fold:
-        return d * rg
-    beta = q(tf.constant(attrs["beta"].reshape(1, 1, 1, -1).astype(np.float32)), "beta")
-    return q(d * rg, "g") + beta
-
-
-def internal_qparams(g: Graph) -> list[tuple[float, int]]:
+def internal_qparams(g: Any) -> list[tuple[float, int]]:
     """The calibrated internal grids of the graph's integer norms (for the TFLite scale check)."""
-    return [qp for op in g.ops if op.kind == "norm" for k, qp in (op.attrs.get("int_qp") or {}).items()
+    return [qp for op in g.ops if op.kind == IntNorm.kind for k, qp in op.attrs["int_qp"].items()
             if op.attrs["mode"] == "gLN" or not k.endswith("_t")]
 
 
+@register
+class IntNorm(Norm):
+    kind = "int_norm"
+    intref = ()  # MEAN and RSQRT have no integer reference in runtime/intref.py (it refuses them, one line)
+    reference = staticmethod(_stats)  # the float64 intermediates the grids are calibrated on
+
+    @classmethod
+    def prepare(cls, model: Any, g: Any) -> None:
+        """A quantized graph's gLN / cLN: int8 internals, calibrated on calibration_data/."""
+        if g.quantized and any(op.kind == Norm.kind for op in g.ops):
+            from conversion.ptq import calibration_audio
+            calibrate_norms(model, g, calibration_audio(None, model.cfg.sample_rate))
+
+    def int8_missing(self, op):
+        return None
+
+    def onnx(self, b, op, quantized):
+        """Every intermediate on its calibrated int8 grid (as in TFLite)."""
+        x, raw, a = op.inputs[0], op.output + "_f", op.attrs
+        qp = a["int_qp"]
+        fold = folded(a)
+
+        def mean(v: str, k: str) -> str:
+            if a["mode"] == "gLN":  # over channels, then time
+                v = b.qdq(b.node("ReduceMean", [v], f"{raw}_{k}_tf", axes=[1], keepdims=1), f"{raw}_{k}_t", qp[k + "_t"])
+                axis = 2
+            else:
+                axis = 1
+            return b.qdq(b.node("ReduceMean", [v], f"{raw}_{k}_f", axes=[axis], keepdims=1), f"{raw}_{k}", qp[k])
+
+        m = mean(x, "mean")
+        d = b.qdq(b.node("Sub", [x, m], raw + "_d_f"), raw + "_d", qp["d"])
+        var = mean(b.qdq(b.node("Mul", [d, d], raw + "_d2_f"), raw + "_d2", qp["d2"]), "var")
+        r = b.node("Reciprocal", [b.node("Sqrt", [var], raw + "_sqrt")], raw + "_rsqrt_f")
+        r = b.qdq(r, raw + "_rsqrt", qp["rsqrt"])
+        if "rg" not in fold:  # rsqrt * gamma: a [C] vector
+            gamma = b.qdq(b.const(raw + "_gamma_c", a["gamma"].reshape(1, -1, 1).astype(np.float32)), raw + "_gamma", qp["gamma"])
+            r = b.qdq(b.node("Mul", [r, gamma], raw + "_rg_f"), raw + "_rg", qp["rg"])
+        if "beta" in fold:
+            b.node("Mul", [d, r], raw)
+            return
+        g = b.qdq(b.node("Mul", [d, r], raw + "_g_f"), raw + "_g", qp["g"])
+        beta = b.qdq(b.const(raw + "_beta_c", a["beta"].reshape(1, -1, 1).astype(np.float32)), raw + "_beta", qp["beta"])
+        b.node("Add", [g, beta], raw)
+
+    def tf(self, tf, op, env, quantized):
+        qp = op.attrs["int_qp"]
+        return emit_tf(tf, env[op.inputs[0]], op.attrs, lambda v, k: fake_quant(tf, v, qp[k]))
+
+
 @torch.no_grad()
-def norm_snr(model: Any, g: Graph, wav: np.ndarray) -> dict[str, float]:
+def norm_snr(model: Any, g: Any, wav: np.ndarray) -> dict[str, float]:
     """SNR (dB) of each integer norm against the same norm in float (both onto the QAT output grid),
     given the fake-quant model's own input to that norm on `wav`."""
     import tensorflow as tf
-    from conversion.tflite_export import _fq
     from runtime.metrics import snr
     from training.model import Pipeline
-    ops = [op for op in g.ops if op.kind == "norm" and op.attrs.get("int_qp")]
+    ops = [op for op in g.ops if op.kind == IntNorm.kind]
     seen: dict[str, np.ndarray] = {}
     hooks = [_norm_module(model, op.output).register_forward_hook(
         lambda m, i, o, name=op.output: seen.__setitem__(name, i[0][0].numpy())) for op in ops]
@@ -154,8 +171,8 @@ def norm_snr(model: Any, g: Graph, wav: np.ndarray) -> dict[str, float]:
     out = {}
     for op in ops:
         v = tf.constant(seen[op.output].T[None, None].astype(np.float32))
-        plain = {k: val for k, val in op.attrs.items() if k != "int_qp"}
-        a = _fq(tf, emit_tf(tf, v, op.attrs, _fq), op.qp).numpy()
-        b = _fq(tf, emit_tf(tf, v, plain, _fq), op.qp).numpy()
+        qp = op.attrs["int_qp"]
+        a = fake_quant(tf, emit_tf(tf, v, op.attrs, lambda t, k: fake_quant(tf, t, qp[k])), op.qp).numpy()
+        b = fake_quant(tf, emit_tf(tf, v, op.attrs), op.qp).numpy()
         out[op.output] = snr(a, b)
     return out
