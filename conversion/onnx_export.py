@@ -83,8 +83,8 @@ def _emit(b: _Builder, op: Op, quantized: bool) -> None:
         ins = [x, w]
         if a["bias"] is not None:
             if quantized:
-                bscale = (np.float32(b.qps[x][0]) * a["w_scale"]).astype(np.float32)
-                b_int = np.round(a["bias"] / bscale).astype(np.int32)
+                bscale = qmath.bias_scale(b.qps[x][0], a["w_scale"]).astype(np.float32)
+                b_int = qmath.bias_codes(a["bias"], b.qps[x][0], a["w_scale"]).astype(np.int32)
                 bi = b.const(op.output + "_b", b_int)
                 bs = b.const(op.output + "_b_scale", bscale)
                 bz = b.const(op.output + "_b_zp", np.zeros(len(bscale), np.int32))

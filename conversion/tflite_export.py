@@ -39,8 +39,7 @@ def _fq(tf, x, qp, name=None):
     if qp is None:
         return x
     scale, zp = qp
-    lo = (qmath.Q_MIN - zp) * scale
-    hi = (qmath.Q_MAX - zp) * scale
+    lo, hi = qmath.grid_range(scale, zp)
     return tf.quantization.fake_quant_with_min_max_args(x, min=lo, max=hi, num_bits=8, name=name)
 
 
@@ -54,7 +53,7 @@ def _weights(tf, op: Op, quantized: bool, depthwise: bool):
     wt = tf.constant(wt.astype(np.float32))
     if not quantized:
         return wt
-    m = (op.attrs["w_scale"] * qmath.W_MAX).astype(np.float32)
+    m = qmath.weight_absmax(op.attrs["w_scale"]).astype(np.float32)
     if depthwise:  # quantize over C (axis 2), which becomes the last axis of TFLite's depthwise filter
         wt = tf.transpose(wt, (0, 1, 3, 2))
         wt = tf.quantization.fake_quant_with_min_max_vars_per_channel(wt, -m, m, num_bits=8, narrow_range=True)
