@@ -110,7 +110,7 @@ def _run_tf(g: Graph, x: np.ndarray) -> np.ndarray:
     y = np.stack([outs[f"o{i:03d}"].numpy().reshape(-1) for i in range(len(g.outputs))])
     if x.dtype != np.int8:
         return y
-    return np.stack([np.round(c / s) + z for c, (s, z) in zip(y, pipeline.output_qparams(g.meta))]).astype(np.int8)
+    return np.stack([qmath.quantize(c, s, z) for c, (s, z) in zip(y, pipeline.output_qparams(g.meta))]).astype(np.int8)
 
 
 def _float_lowering_snr(model: Any, x: np.ndarray) -> float:
