@@ -74,7 +74,8 @@ def scale_mismatches(g: Graph, report: dict[str, Any]) -> list[str]:
         for x in scopes:
             found.setdefault(x, []).append(have)
         if not close(have, set().union(*(allowed[x] for x in scopes)) if scopes else anywhere):
-            bad.append(f"TFLite {name} {have[0]:.6g}/{have[1]}" + (f" (op {'/'.join(sorted(scopes))})" if scopes else ""))
+            where = f" (op {'/'.join(sorted(scopes))})" if scopes else ""
+            bad.append(f"TFLite {name} {have[0]:.6g}/{have[1]}{where}")
     for op in g.ops:
         if op.qp is None:
             continue

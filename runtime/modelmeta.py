@@ -137,7 +137,8 @@ class ModelMeta:
         if meta["stride"] < 1 or not 8000 <= meta["sample_rate"] <= 192000 or meta["n_combiner"] not in (1, 2) \
                 or meta["n_splitter"] < 1:
             raise ModelError(f"{path}: FQSE metadata out of range (stride {meta['stride']}, sample_rate "
-                             f"{meta['sample_rate']}, n_splitter {meta['n_splitter']}, n_combiner {meta['n_combiner']})")
+                             f"{meta['sample_rate']}, n_splitter {meta['n_splitter']}, "
+                             f"n_combiner {meta['n_combiner']})")
         oq = meta.get("output_qparams")
         if oq is not None and len(oq) != meta["n_combiner"]:
             raise ModelError(f"{path}: FQSE metadata output_qparams has {len(oq)} entries for "

@@ -68,7 +68,7 @@ class ActQuant(nn.Module):
         if not self.training or not self.gradient_based:
             scale, zp, _, _ = self.qparams()
             return torch.fake_quantize_per_tensor_affine(x, scale, zp, qmath.Q_MIN, qmath.Q_MAX)
-        # the learned range, nudged as qparams() nudges it, with gradients to min and max (LSQ-like)
+        # the learned range, nudged as qparams() nudges it; straight-through rounding passes gradients to min and max
         scale, zp_u = qmath.nudge(self.min, self.max, rnd=round_ste)
         return qmath.dequantize(qmath.quantize(x, scale, zp_u, 0, qmath.LEVELS, rnd=round_ste), scale, zp_u)
 
