@@ -80,17 +80,42 @@ def fully_integer(report: dict[str, Any]) -> list[str]:
 
 
 def scale_mismatches(g: Graph, report: dict[str, Any]) -> list[str]:
-    """QAT quantizers with no TFLite tensor of exactly that (scale, zero point), and int8 activation
-    tensors of the TFLite model whose (scale, zero point) is no QAT quantizer's."""
+    """Per tensor: TFLite int8 activation tensors whose (scale, zero point) is not one their op may carry,
+    and QAT quantizers with no tensor of exactly their (scale, zero point) among their op's tensors.
+
+    TFLite names a tensor after the TF ops fused into it, each under its graph op's name scope
+    ("b0_res/BiasAdd;b0_res/Conv2D"). A tensor of op X may carry X's own grid, the grid of one of X's
+    inputs (a Pad or a slice before the kernel keeps its input's grid) or, for an integer norm, one of
+    its calibrated internal grids. Tensors named after no graph op (the model input, ops a step model
+    adds) need only carry some grid of the graph."""
     from conversion.ops.int_norm import internal_qparams
-    want = {(np.float32(qp[0]), qp[1]) for qp in [op.qp for op in g.ops] + [(qmath.IO_SCALE, 0)] + internal_qparams(g)
-            if qp is not None}
-    have = {(np.float32(t["scales"][0]), int(t["zero_points"][0])) for t in report["tensors"].values()
-            if t["dtype"] == "int8" and len(t["scales"]) == 1}
+    key = lambda qp: (np.float32(qp[0]), int(qp[1]))  # noqa: E731
+    qp_of = {g.input: (qmath.IO_SCALE, 0), **{op.output: op.qp for op in g.ops}}
+    allowed = {op.output: {key(q) for q in [op.qp, *(qp_of.get(i) for i in op.inputs),
+                                            *(op.attrs.get("int_qp") or {}).values()] if q is not None}
+               for op in g.ops}
+    anywhere = {key(q) for q in [*qp_of.values(), *internal_qparams(g)] if q is not None}
     close = lambda a, pool: any(abs(a[0] - b[0]) <= 1e-6 * a[0] and a[1] == b[1] for b in pool)  # noqa: E731
-    missing = [f"QAT {s:.6g}/{z}" for s, z in want if not close((s, z), have)]
-    extra = [f"TFLite {s:.6g}/{z}" for s, z in have if not close((s, z), want)]
-    return missing + extra
+    bad, found = [], {}
+    for name, t in report["tensors"].items():
+        if t["dtype"] != "int8" or len(t["scales"]) != 1:
+            continue
+        have = (np.float32(t["scales"][0]), int(t["zero_points"][0]))
+        scopes = {part.split("/")[0] for part in name.split(";") if "/" in part} & allowed.keys()
+        for x in scopes:
+            found.setdefault(x, []).append(have)
+        if not close(have, set().union(*(allowed[x] for x in scopes)) if scopes else anywhere):
+            where = f" (op {'/'.join(sorted(scopes))})" if scopes else ""
+            bad.append(f"TFLite {name} {have[0]:.6g}/{have[1]}{where}")
+    for op in g.ops:
+        if op.qp is None:
+            continue
+        pool = found.get(op.output)
+        if not close(key(op.qp), pool if pool is not None else
+                     {(np.float32(t["scales"][0]), int(t["zero_points"][0])) for t in report["tensors"].values()
+                      if t["dtype"] == "int8" and len(t["scales"]) == 1}):
+            bad.append(f"QAT {op.output} {op.qp[0]:.6g}/{op.qp[1]}")
+    return bad
 
 
 def check_integer(g: Graph, raw: bytes, what: str) -> dict[str, Any]:
@@ -117,7 +142,7 @@ def _run_tf(g: Graph, x: np.ndarray) -> np.ndarray:
     y = np.stack([outs[f"o{i:03d}"].numpy().reshape(-1) for i in range(len(g.outputs))])
     if x.dtype != np.int8:
         return y
-    return np.stack([np.round(c / s) + z for c, (s, z) in zip(y, pipeline.output_qparams(g.meta))]).astype(np.int8)
+    return np.stack([qmath.quantize(c, s, z) for c, (s, z) in zip(y, pipeline.output_qparams(g.meta))]).astype(np.int8)
 
 
 def _run_onnx(g: Graph, x: np.ndarray) -> np.ndarray:

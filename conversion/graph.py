@@ -146,8 +146,8 @@ def _snap_biases(ops: list[Op]) -> None:
     qp_of = {"input": (qmath.IO_SCALE, 0), **{op.output: op.qp for op in ops}}
     for op in ops:
         if op.kind == "conv" and op.attrs["bias"] is not None:
-            bscale = np.float32(qp_of[op.inputs[0]][0]) * op.attrs["w_scale"]
-            op.attrs["bias"] = (np.round(op.attrs["bias"] / bscale) * bscale).astype(np.float32)
+            a = op.attrs
+            a["bias"] = qmath.snap_bias(a["bias"], qp_of[op.inputs[0]][0], a["w_scale"]).astype(np.float32)
 
 
 def _live(ops: list[Op], outputs: list[str]) -> list[Op]:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from conversion.reference import RefConfig, ReferenceFQSE
+from runtime import qmath
 from training.checkpoint import FORMAT, CheckpointError, asteroid_to_fqse, load_model, save
 from training.model import ConvTasNet, ModelConfig, Pipeline
 from training.quant import ActQuant, WeightQuant
@@ -195,7 +196,7 @@ def from_reference(sd: dict, cfg: ModelConfig | None = None, clips: list[np.ndar
 
     def wq(w: WeightQuant, p: str, channels: int) -> None:
         m = torch.maximum(sd[p + ".min_range"].abs(), sd[p + ".max_range"].abs()).reshape(-1)
-        w.absmax.copy_((m * 127.0 / 128.0).expand(channels))  # same step m/128; codes clipped to +-127
+        w.absmax.copy_((m * qmath.W_MAX / 128.0).expand(channels))  # same step m/128; codes clipped to +-127
         w.initialized.fill_(True)
 
     def conv(qc, p: str) -> None:

@@ -36,7 +36,7 @@ def torch_outputs(model: ConvTasNet, x: np.ndarray) -> np.ndarray:
 def quantize_outputs(y: np.ndarray, model: ConvTasNet) -> np.ndarray:
     """Real output values [C, T] (on their int8 grids) -> int8 codes."""
     from conversion.graph import output_qparams
-    return np.stack([np.round(c / s) + z for c, (s, z) in zip(y, output_qparams(model))]).astype(np.int8)
+    return np.stack([qmath.quantize(c, s, z) for c, (s, z) in zip(y, output_qparams(model))]).astype(np.int8)
 
 
 def to_wave(y: np.ndarray, meta: dict[str, Any]) -> np.ndarray:

@@ -52,7 +52,7 @@ def choose_range(values: np.ndarray, method: str) -> tuple[float, float]:
     best, best_err = (lo, hi), np.inf
     for a in np.linspace(0.3, 1.0, 29):
         scale, zp, _, _ = qmath.act_qparams(a * lo, a * hi)
-        err = float(np.mean((scale * (qmath.quantize(v, scale, zp) - zp) - v) ** 2))
+        err = float(np.mean((qmath.dequantize(qmath.quantize(v, scale, zp), scale, zp) - v) ** 2))
         if err < best_err:
             best, best_err = (a * lo, a * hi), err
     return best

@@ -54,7 +54,8 @@ def tf_function(g: Graph, length: int | None = TRACE_LEN, states: list | None = 
         for st, v in zip(states, state_values):
             env[st.name] = _fq(tf, v, st.qp if g.quantized else None)
         for op in g.ops:
-            env[op.output] = _fq(tf, ops.rule(op, "tf")(tf, op, env, g.quantized), op.qp, op.output)
+            with tf.name_scope(op.output):  # TFLite tensor names start with the op's name (per-tensor scale check)
+                env[op.output] = _fq(tf, ops.rule(op, "tf")(tf, op, env, g.quantized), op.qp, op.output)
         names = list(g.outputs) + [st.next for st in states]
         return {f"o{i:03d}": env[n] for i, n in enumerate(names)}
 

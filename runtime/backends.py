@@ -15,8 +15,13 @@ from runtime.modelmeta import ModelError  # noqa: F401 - the runtime's model err
 
 
 class Backend:
-    meta: dict[str, Any]
+    meta: dict[str, Any]  # the model's metadata as a dict (what `pipeline` and `meta[...]` readers take)
+    info: modelmeta.ModelMeta  # the same, typed and checked (runtime/modelmeta.py)
     path: Path
+
+    def _set_meta(self, raw_meta: Any, path: Path, sealed: bool) -> None:
+        self.info = modelmeta.parse(raw_meta, path, sealed)
+        self.meta = self.info.to_dict()
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """x: [S, T] int8 codes (or [1, T] float) -> [C, T] int8 (or [1, T] float)."""
@@ -27,8 +32,8 @@ class Backend:
         raise NotImplementedError
 
     def initial_states(self) -> list[np.ndarray]:
-        dtype = np.int8 if self.meta.get("quantized") else np.float32
-        return [np.repeat(np.asarray(st["initial"], dtype)[:, None], st["length"], axis=1) for st in self.meta["states"]]
+        dtype = np.int8 if self.info.quantized else np.float32
+        return [np.repeat(np.asarray(st.initial, dtype)[:, None], st.length, axis=1) for st in self.info.states or ()]
 
 
 class OnnxBackend(Backend):
@@ -50,12 +55,12 @@ class OnnxBackend(Backend):
         props = self.sess.get_modelmeta().custom_metadata_map
         if "fqse" not in props:
             raise ModelError(f"{path}: ONNX model without FQSE metadata (export it with `fqse export`)")
-        self.meta = modelmeta.check(props["fqse"], path, sealed)
+        self._set_meta(props["fqse"], path, sealed)
         self.path = path
         self.in_name = self.sess.get_inputs()[0].name
         self.out_names = [o.name for o in self.sess.get_outputs()]
         # uint8-activation models (`fqse export --activations uint8`) hold every code + 128.
-        self.uint8 = self.meta.get("activations") == "uint8"
+        self.uint8 = self.info.uint8
 
     def to_model(self, x: np.ndarray) -> np.ndarray:
         """int8 codes -> the model's input type (uint8 models: + 128, the same bytes with the top bit flipped)."""
@@ -73,7 +78,7 @@ class OnnxBackend(Backend):
         feed = {self.in_name: self.to_model(x)[None],
                 **{i.name: self.to_model(st)[None] for i, st in zip(self.sess.get_inputs()[1:], states)}}
         outs = [self.from_model(o[0]) for o in self.sess.run(self.out_names, feed)]
-        C = self.meta["n_combiner"]
+        C = self.info.n_combiner
         return np.concatenate(outs[:C], axis=0), outs[C:]
 
 
@@ -82,7 +87,7 @@ class TfliteBackend(Backend):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
         raw = path.read_bytes()
         sealed = modelmeta.verify(raw, path)  # before any parser or the interpreter reads a byte
-        self.meta = modelmeta.check(read_tflite_metadata(raw, path), path, sealed)
+        self._set_meta(read_tflite_metadata(raw, path), path, sealed)
         self.interp, self.kernels = None, ""
         # XNNPACK first; it fails to prepare some int8 graphs once the input is resized (seen with
         # ai-edge-litert 2.1.0 on this int8 ConvTasNet), then TFLite's built-in kernels are used.
@@ -90,7 +95,7 @@ class TfliteBackend(Backend):
             try:
                 it = Interpreter(model_content=raw, num_threads=threads, experimental_op_resolver_type=resolver)
                 d = it.get_input_details()[0]
-                if self.meta.get("mode") != "step":
+                if not self.info.step:
                     it.resize_tensor_input(d["index"], [int(v) if v > 0 else 64 for v in d["shape_signature"]])
                 it.allocate_tensors()
             except Exception as exc:  # noqa: BLE001 - try the next resolver, report the last failure
@@ -111,7 +116,7 @@ class TfliteBackend(Backend):
         for d, st in zip(ins[1:], states):  # layout [1, 1, n, C]
             self.interp.set_tensor(d["index"], np.ascontiguousarray(st.T[None, None]))
         self.interp.invoke()
-        C = self.meta["n_combiner"]
+        C = self.info.n_combiner
         outs = [self.interp.get_tensor(o["index"])[0, 0].T for o in self.outs]
         return np.concatenate(outs[:C], axis=0), outs[C:]
 

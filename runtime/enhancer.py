@@ -74,13 +74,14 @@ class Enhancer:
     def __init__(self, backend: Backend, hop_ms: float = 16.0, block_ms: float = 1000.0):
         self.be = backend
         self.meta = backend.meta
-        self.sr = int(self.meta["sample_rate"])
-        self.hop = int(self.meta["stride"])  # encoder hop (samples)
+        self.info = info = backend.info
+        self.sr = info.sample_rate
+        self.hop = info.stride  # encoder hop (samples)
         self.chunk = max(self.hop, int(round(hop_ms * self.sr / 1000 / self.hop)) * self.hop)
-        self.causal = bool(self.meta["causal"])
-        self.step = self.meta.get("mode") == "step"
+        self.causal = info.causal
+        self.step = info.step
         if self.step:
-            self.chunk = int(self.meta["step_samples"])
+            self.chunk = info.step_samples
         self.block = max(4 * self.hop, int(round(block_ms * self.sr / 1000 / (2 * self.hop))) * 2 * self.hop)
         self.reset()
 
@@ -93,8 +94,8 @@ class Enhancer:
         """Input samples held back before their output appears, fed in blocks of `chunk` samples
         (a block, plus the encoder look-ahead; the windowed causal mode runs once a whole block is ready)."""
         if self.step:
-            return self.chunk + int(self.meta["stream_offset_samples"])
-        return self.chunk + (1 + (int(self.meta["n_combiner"]) > 1)) * self.hop if self.causal else self.block
+            return self.chunk + self.info.stream_offset_samples
+        return self.chunk + (1 + (self.info.n_combiner > 1)) * self.hop if self.causal else self.block
 
     def reset(self) -> None:
         self._buf = np.zeros(0, np.int16)  # input from absolute sample _buf_start to _seen
@@ -104,8 +105,8 @@ class Enhancer:
         self._next_block = 0  # block mode: index of the next block to run
         self._acc = np.zeros(0, np.float64)  # block mode: weighted outputs from sample _done on
         self._wsum = np.zeros(0, np.float64)
-        self._states = self.be.initial_states() if self.meta.get("mode") == "step" else []
-        self._to_skip = int(self.meta.get("stream_offset_samples", 0))  # step mode: leading outputs
+        self._states = self.be.initial_states() if self.step else []
+        self._to_skip = self.info.stream_offset_samples or 0  # step mode: leading outputs
 
     def _run_offline(self, pcm: np.ndarray) -> np.ndarray:
         """Run the model on pcm as a whole utterance (host pre/post in integers)."""
@@ -122,10 +123,10 @@ class Enhancer:
     # --- causal: windowed recompute, exact ------------------------------------------------------------
     def _causal_step(self, final: bool) -> np.ndarray:
         s = self.hop
-        context = (int(self.meta["receptive_field_frames"]) + 2) * s
+        context = (self.info.receptive_field_frames + 2) * s
         # Output k needs input up to the end of hop k // s + 1 (one encoder window of look-ahead),
         # one hop more with the residual block (its encoder reads the next output hop).
-        ahead = 1 + (int(self.meta["n_combiner"]) > 1)
+        ahead = 1 + (self.info.n_combiner > 1)
         ready = self._seen if final else max(0, (self._seen // s - ahead) * s)
         if ready <= self._done or (not final and ready - self._done < self.chunk):
             return np.zeros(0, np.int16)
@@ -212,7 +213,7 @@ class Enhancer:
             self.reset()
             return np.concatenate([self.process(pcm), self.flush()])
         peak = int(np.abs(pcm.astype(np.int32)).max()) if len(pcm) else 0
-        if self.meta.get("input_gain") == "peak" and peak:  # as the reference trained (offline only;
+        if self.info.peak_input_gain and peak:  # as the reference trained (offline only;
             g = 32767.0 / peak  # streaming keeps the fixed full scale: no peak is known in advance)
             y = self._windowed(np.round(pcm * g).astype(np.int16))
             return np.clip(np.round(y / g), -32768, 32767).astype(np.int16)

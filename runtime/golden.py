@@ -23,8 +23,8 @@ from runtime.intref import IntegerReference
 def golden_inputs(be: Any, pcm: np.ndarray) -> list[np.ndarray]:
     """Model inputs in the interpreter's layout: a whole-utterance model gets the padded codes of pcm;
     a step model its first block of codes and its initial states."""
-    if be.meta.get("mode") == "step":
-        K = int(be.meta["step_samples"])
+    if be.info.step:
+        K = be.info.step_samples
         block = np.zeros(K, np.int16)
         block[: min(K, len(pcm))] = pcm[:K]
         xs = [pipeline.codes(block, be.meta)] + be.initial_states()
@@ -40,7 +40,7 @@ def write_golden(model: str | Path, audio: str | Path, out: str | Path, max_seco
         raise ModelError(f"{model}: golden vectors come from the integer reference of an int8 .tflite model")
     be = load_backend(model)
     notes: list[str] = []
-    sr = int(be.meta["sample_rate"])
+    sr = be.info.sample_rate
     pcm = to_int16(read_audio(audio, sr, notes=notes)[0])[: int(max_seconds * sr)]
     ref = IntegerReference.from_file(model)
     xs = golden_inputs(be, pcm)

@@ -49,7 +49,7 @@ def output_qparams(meta: dict[str, Any]) -> list[tuple[float, int]]:
 
 def dequantize_outputs(y: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     """int8 output codes [C, T] -> their real values (float64)."""
-    return np.stack([s * (c.astype(np.float64) - z) for c, (s, z) in zip(y, output_qparams(meta))])
+    return np.stack([qmath.dequantize(c.astype(np.float64), s, z) for c, (s, z) in zip(y, output_qparams(meta))])
 
 
 def combine(y: np.ndarray, meta: dict[str, Any]) -> np.ndarray:

@@ -15,37 +15,95 @@ import numpy as np
 IO_BITS = 8
 IO_SCALE = 1.0 / 2 ** (IO_BITS - 1)  # 1/128
 Q_MIN, Q_MAX = -128, 127  # int8 activations
+LEVELS = Q_MAX - Q_MIN  # 255 steps of an 8-bit activation grid (its unsigned codes are 0..255)
 MIN_RANGE = 1e-6  # smallest activation range
 W_MAX = 127  # weights: narrow symmetric range [-127, 127], zero point 0 (TFLite int8 spec)
+W_MIN_ABSMAX = 1e-12  # smallest per-channel weight range (an all-zero channel keeps a finite scale)
+I32_MIN, I32_MAX = -2 ** 31, 2 ** 31 - 1  # int32 biases
+
+
+# Every function below takes Python floats, numpy arrays or torch tensors alike (operators and the
+# methods ``.clip``/``.round`` the two share). `rnd` is the rounding: round half to even by default;
+# QAT passes a straight-through rounding so that gradients flow (training/quant.py round_ste).
+
+def nudge(lo: Any, hi: Any, levels: int = LEVELS, rnd: Any = None) -> tuple[Any, Any]:
+    """An asymmetric range nudged so that zero is an integer code (as TensorFlow's FakeQuant does).
+
+    Returns (scale, unsigned zero point in [0, levels]); the grid is (code - zero point) x scale,
+    codes 0..levels. Ranges narrower than MIN_RANGE are widened to it (as FakeQuant does)."""
+    rnd = rnd or _round
+    lo, hi = _arr(lo).clip(max=0.0), _arr(hi).clip(min=0.0)
+    scale = (hi - lo).clip(min=MIN_RANGE) / levels
+    return scale, rnd(-lo / scale).clip(0, levels)
 
 
 def act_qparams(lo: float, hi: float, bits: int = 8) -> tuple[float, int, float, float]:
-    """Nudge an asymmetric range so that zero is exact (as TensorFlow's FakeQuant does).
+    """The exported activation grid of the range [lo, hi]: (scale, int8 zero point, nudged min, nudged max).
 
-    Returns (scale, zero_point_int8, nudged_min, nudged_max); the int8 zero point lies in [-128, 127].
-    """
-    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    The int8 zero point lies in [-128, 127]; zero is exactly code zero point."""
     levels = 2 ** bits - 1
-    if hi - lo < MIN_RANGE:  # TensorFlow's FakeQuant widens tiny ranges the same way
-        hi = lo + MIN_RANGE
-    scale = (hi - lo) / levels
-    zp_u = int(np.clip(np.round(-lo / scale), 0, levels))
+    scale, zp_u = nudge(np.float64(lo), np.float64(hi), levels)
+    scale, zp_u = float(scale), int(zp_u)
     nmin = -zp_u * scale
     return scale, zp_u - 2 ** (bits - 1), nmin, nmin + levels * scale
 
 
-def weight_scales(absmax: np.ndarray) -> np.ndarray:
-    """Per-channel symmetric weight scale for the narrow range [-127, 127]."""
-    return np.maximum(np.asarray(absmax, dtype=np.float64), 1e-12) / W_MAX
+def grid_range(scale: Any, zero_point: Any, qmin: int = Q_MIN, qmax: int = Q_MAX) -> tuple[Any, Any]:
+    """Real values of the lowest and the highest code of a grid (a FakeQuant's min and max)."""
+    return dequantize(qmin, scale, zero_point), dequantize(qmax, scale, zero_point)
 
 
-def quantize(x: Any, scale: float, zero_point: int, qmin: int = Q_MIN, qmax: int = Q_MAX) -> Any:
-    """Real value -> integer code (as float values), round half to even, clipped."""
-    return (_round(x / scale) + zero_point).clip(qmin, qmax)
+def weight_scales(absmax: Any) -> Any:
+    """Per-channel symmetric weight scale for the narrow range [-W_MAX, W_MAX] (zero point 0).
+
+    numpy input gives float64, torch input keeps its dtype."""
+    m = absmax if hasattr(absmax, "detach") else np.asarray(absmax, dtype=np.float64)
+    return m.clip(min=W_MIN_ABSMAX) / W_MAX
+
+
+def weight_absmax(scales: Any) -> Any:
+    """The symmetric weight range [-m, m] of per-channel scales (the inverse of weight_scales)."""
+    return scales * W_MAX
+
+
+def weight_codes(w: Any, scales: Any, rnd: Any = None) -> Any:
+    """Weights -> their int8 codes on [-W_MAX, W_MAX] (float values); scales broadcast against w."""
+    return quantize(w, scales, 0, -W_MAX, W_MAX, rnd)
+
+
+def bias_scale(in_scale: float, w_scales: Any) -> Any:
+    """The int32 bias grid of a conv: its input scale (as float32, as exported) x its weight scales
+    (per output channel). float32 weight scales give float32, numpy and torch alike."""
+    return w_scales * float(np.float32(in_scale))
+
+
+def bias_codes(b: Any, in_scale: float, w_scales: Any, rnd: Any = None) -> Any:
+    """Biases -> int32 codes (float values) on the bias grid (input scale x weight scale)."""
+    return quantize(b, bias_scale(in_scale, w_scales), 0, I32_MIN, I32_MAX, rnd)
+
+
+def snap_bias(b: Any, in_scale: float, w_scales: Any, rnd: Any = None) -> Any:
+    """Biases moved onto the int32 grid the int8 kernels use (the values an int8 kernel adds)."""
+    return dequantize(bias_codes(b, in_scale, w_scales, rnd), bias_scale(in_scale, w_scales), 0)
+
+
+def quantize(x: Any, scale: Any, zero_point: Any, qmin: int = Q_MIN, qmax: int = Q_MAX, rnd: Any = None) -> Any:
+    """Real value -> integer code (as float values), round half to even (or `rnd`), clipped."""
+    return ((rnd or _round)(x / scale) + zero_point).clip(qmin, qmax)
+
+
+def dequantize(q: Any, scale: Any, zero_point: Any) -> Any:
+    """Integer code -> real value."""
+    return (q - zero_point) * scale
+
+
+def _arr(x: Any) -> Any:
+    """Floats as numpy float64; arrays and tensors as they are."""
+    return x if hasattr(x, "clip") else np.float64(x)
 
 
 def _round(x: Any) -> Any:
-    return np.round(x) if isinstance(x, np.ndarray) else x.round()
+    return x.round() if hasattr(x, "detach") else np.round(x)  # torch tensors: their own (half to even too)
 
 
 def split(x: Any, n: int) -> list[Any]:

@@ -37,6 +37,16 @@ def test_qat_scales_kept_tensor_by_tensor(demo_tflite, demo_ckpt):
     assert scale_mismatches(g, tensor_report(path.read_bytes()))
 
 
+def test_swapped_scales_of_two_tensors_are_caught(demo_tflite, demo_ckpt):
+    """The same set of scales on the wrong tensors (a set comparison would pass it)."""
+    path, _ = demo_tflite
+    g = build_graph(load_model(demo_ckpt))
+    ops = {op.output: op for op in g.ops}
+    ops["b0_res"].qp, ops["b0_skip"].qp = ops["b0_skip"].qp, ops["b0_res"].qp
+    bad = scale_mismatches(g, tensor_report(path.read_bytes()))
+    assert any("b0_res" in m for m in bad) and any("b0_skip" in m for m in bad), bad
+
+
 def test_parity_with_fake_quant(demo_tflite, demo_ckpt):
     from runtime.metrics import si_snr
     path, _ = demo_tflite

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -118,6 +119,53 @@ def test_fqse_models_quantize_every_tensor_on_integer_grid():
     for op in g.ops:
         if op.kind == "conv":
             assert op.attrs["w_int"].min() >= -127  # narrow symmetric range
+
+
+def test_qat_biases_sit_on_the_int32_grid():
+    """Every biased conv (and BN affine) of the fake-quant model adds a bias that is an integer
+    multiple of input scale x weight scale (the int32 bias of the int8 kernels), and export writes
+    those same biases. Fed zeros (an exact code of its input grid), a conv outputs its bias."""
+    from runtime import qmath
+    from training.model import Norm, QConv
+    torch.manual_seed(0)
+    m = ConvTasNet(ModelConfig(**SMALL, norm_type="BN", causal=True, quantize=True, n_splitter=2, n_combiner=2))
+    with torch.no_grad():  # BN with a non-zero affine bias (fresh statistics give b = 0)
+        for mod in m.modules():
+            if isinstance(mod, Norm):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.beta.uniform_(-0.2, 0.2)
+    m.train()
+    for _ in range(30):  # observed ranges near their EMA limit (the first step sees 10 % of the range)
+        enhance(m, torch.rand(2, 4000) - 0.5)
+    m.eval()
+    checked, sizes = 0, []
+    with torch.no_grad():
+        for name, mod in m.named_modules():
+            q_in = getattr(mod, "in_quant", None)
+            if q_in is None or (isinstance(mod, QConv) and mod.conv.bias is None):
+                continue
+            if isinstance(mod, QConv):
+                w = mod.conv.weight
+                b = mod(torch.zeros(1, mod.conv.in_channels, w.shape[-1] + 8))[0, :, 0]
+            else:
+                assert isinstance(mod, Norm) and mod.kind == "BN"
+                w = mod.affine()[0][:, None]
+                b = mod(torch.zeros(1, w.shape[0], 4))[0, :, 0]
+            s = qmath.bias_scale(q_in.qparams()[0], mod.wq.scales(w)).double()
+            k = b.double() / s
+            # float32 biases: k is an integer to within float32's relative precision
+            assert ((k - k.round()).abs() <= k.abs() * 2.0 ** -22 + 1e-9).all(), (name, k)
+            sizes.append(k.abs().median().item())
+            checked += 1
+    assert checked >= 2 * len(m.blocks) + 3
+    assert 0 < np.median(sizes) < 2 ** 16, sizes  # so the check above resolves a fraction of a code
+    from conversion.graph import build_graph
+    g = build_graph(m)
+    conv_bias = {n: mod(torch.zeros(1, mod.conv.in_channels, mod.conv.kernel_size[0] + 8))[0, :, 0].detach().numpy()
+                 for n, mod in m.named_modules() if isinstance(mod, QConv) and mod.conv.bias is not None}
+    exported = {op.output: op.attrs["bias"] for op in g.ops if op.kind == "conv" and op.attrs["bias"] is not None}
+    assert np.array_equal(exported["bottleneck"], conv_bias["bottleneck"])
+    assert np.array_equal(exported["b0_in"], conv_bias["blocks.0.in_conv"])
 
 
 def _state(path: Path) -> dict:

@@ -19,7 +19,7 @@ from runtime.pipeline import padded_length
 from training.quant import ActQuant, WeightQuant, link_input, quantize_bias, snap_prelu
 
 NORMS = ("gLN", "cLN", "BN")
-IO_RANGE = (-1.0, 127.0 / 128.0)  # int8 grid with scale 1/128, zero point 0
+IO_RANGE = qmath.grid_range(qmath.IO_SCALE, 0)  # int8 grid with scale 1/128, zero point 0: [-1, 127/128]
 RES_GAIN = 2.0 / qmath.IO_SCALE  # the residual output is weighted (D/2): its branch is amplified by 256
 
 

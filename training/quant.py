@@ -30,8 +30,7 @@ def quantize_bias(b: torch.Tensor, in_quant: "ActQuant | None", w_scales: torch.
     """Bias on the int32 grid the int8 kernels use: scale = input scale x weight scale (per channel)."""
     if in_quant is None or not getattr(in_quant, "enabled", False):
         return b
-    s = torch.tensor(in_quant.qparams()[0], dtype=torch.float32, device=b.device) * w_scales.to(b.device)
-    return round_ste(b / s) * s
+    return qmath.snap_bias(b, in_quant.qparams()[0], w_scales.to(b.device), rnd=round_ste)
 
 
 class ActQuant(nn.Module):
@@ -69,12 +68,9 @@ class ActQuant(nn.Module):
         if not self.training or not self.gradient_based:
             scale, zp, _, _ = self.qparams()
             return torch.fake_quantize_per_tensor_affine(x, scale, zp, qmath.Q_MIN, qmath.Q_MAX)
-        lo = torch.clamp(self.min, max=0.0)
-        hi = torch.clamp(self.max, min=0.0)
-        scale = torch.clamp(hi - lo, min=qmath.MIN_RANGE) / 255.0
-        zp = torch.clamp(round_ste(-lo / scale), 0, 255)
-        q = torch.clamp(round_ste(x / scale) + zp, 0, 255)
-        return (q - zp) * scale
+        # the learned range, nudged as qparams() nudges it; straight-through rounding passes gradients to min and max
+        scale, zp_u = qmath.nudge(self.min, self.max, rnd=round_ste)
+        return qmath.dequantize(qmath.quantize(x, scale, zp_u, 0, qmath.LEVELS, rnd=round_ste), scale, zp_u)
 
 
 # XNNPACK's int8 LeakyReLU multiplies (x - zero point) by round(256 * ratio) for each branch (ratio: input
@@ -98,9 +94,9 @@ def snap_prelu(prelu: nn.Module, q_in: "ActQuant", q_out: "ActQuant") -> None:
         return
     a = 2 * round((ratio - 1) / 2) + 1
     s_new = LRELU_GRID * s_in / a
-    zp_u = zp - qmath.Q_MIN
-    q_out.min.fill_(-zp_u * s_new)
-    q_out.max.fill_((255 - zp_u) * s_new)
+    lo, hi = qmath.grid_range(s_new, zp)
+    q_out.min.fill_(lo)
+    q_out.max.fill_(hi)
     alpha = float(prelu.weight.reshape(-1)[0])
     prelu.weight.fill_((2 * round((alpha * a - 1) / 2) + 1) / a)
 
@@ -123,14 +119,14 @@ class WeightQuant(nn.Module):
     def scales(self, w: torch.Tensor) -> torch.Tensor:
         """Per-channel scale (float32), as exported."""
         m = self._channel_absmax(w) if not self.gradient_based else self.absmax.detach().abs()
-        return (torch.clamp(m, min=1e-12) / qmath.W_MAX).float()
+        return qmath.weight_scales(m).float()
 
     def int_weights(self, w: torch.Tensor) -> torch.Tensor:
         """int8 weight codes, as exported."""
         s = self.scales(w)
         shape = [1] * w.dim()
         shape[self.axis] = -1
-        return torch.clamp(torch.round(w.detach() / s.view(shape)), -qmath.W_MAX, qmath.W_MAX).to(torch.int8)
+        return qmath.weight_codes(w.detach(), s.view(shape)).to(torch.int8)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
@@ -142,8 +138,8 @@ class WeightQuant(nn.Module):
         shape = [1] * w.dim()
         shape[self.axis] = -1
         if self.training and self.gradient_based:
-            s = torch.clamp(self.absmax.abs(), min=1e-12).view(shape) / qmath.W_MAX
-            return torch.clamp(round_ste(w / s), -qmath.W_MAX, qmath.W_MAX) * s
+            s = qmath.weight_scales(self.absmax.abs()).view(shape)
+            return qmath.weight_codes(w, s, rnd=round_ste) * s
         s = self.scales(w)
         zero = torch.zeros_like(s, dtype=torch.int32)
         return torch.fake_quantize_per_channel_affine(w, s, zero, self.axis, -qmath.W_MAX, qmath.W_MAX)

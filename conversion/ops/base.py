@@ -118,6 +118,5 @@ def fake_quant(tf: Any, x: Any, qp: tuple[float, int] | None, name: str | None =
     if qp is None:
         return x
     scale, zp = qp
-    lo = (qmath.Q_MIN - zp) * scale
-    hi = (qmath.Q_MAX - zp) * scale
+    lo, hi = qmath.grid_range(scale, zp)
     return tf.quantization.fake_quant_with_min_max_args(x, min=lo, max=hi, num_bits=8, name=name)

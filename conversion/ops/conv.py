@@ -22,7 +22,7 @@ def _weights(tf, op: Any, quantized: bool, depthwise: bool):
     wt = tf.constant(wt.astype(np.float32))
     if not quantized:
         return wt
-    m = (op.attrs["w_scale"] * qmath.W_MAX).astype(np.float32)
+    m = qmath.weight_absmax(op.attrs["w_scale"]).astype(np.float32)
     if depthwise:  # quantize over C (axis 2), which becomes the last axis of TFLite's depthwise filter
         wt = tf.transpose(wt, (0, 1, 3, 2))
         wt = tf.quantization.fake_quant_with_min_max_vars_per_channel(wt, -m, m, num_bits=8, narrow_range=True)
@@ -52,8 +52,8 @@ class Conv(OpKind):
         ins = [x, w]
         if a["bias"] is not None:
             if quantized:
-                bscale = (np.float32(b.qps[x][0]) * a["w_scale"]).astype(np.float32)
-                b_int = np.round(a["bias"] / bscale).astype(np.int32)
+                bscale = qmath.bias_scale(b.qps[x][0], a["w_scale"]).astype(np.float32)
+                b_int = qmath.bias_codes(a["bias"], b.qps[x][0], a["w_scale"]).astype(np.int32)
                 bi = b.const(op.output + "_b", b_int)
                 bs = b.const(op.output + "_b_scale", bscale)
                 bz = b.const(op.output + "_b_zp", np.zeros(len(bscale), np.int32))

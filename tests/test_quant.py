@@ -1,0 +1,91 @@
+"""training/quant.py, the QAT fake quantizers, alone (small tensors, seconds): they compute on qmath's grids."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtime import qmath
+from training.quant import ActQuant, WeightQuant, link_input, quantize_bias, snap_prelu
+
+
+def _observed(gradient_based: bool, steps: int = 5) -> tuple[ActQuant, torch.Tensor]:
+    torch.manual_seed(1)
+    q = ActQuant(gradient_based=gradient_based, ema_steps=3)
+    x = torch.randn(2000) * 2 + 0.5
+    q.train()
+    for _ in range(steps):
+        q(x)
+    return q, x
+
+
+def test_weightquant_train_eval_and_export_agree_bit_for_bit():
+    torch.manual_seed(0)
+    w = torch.randn(6, 3, 5)
+    for gradient_based in (True, False):
+        wq = WeightQuant(6, 0, gradient_based)
+        wq.train()
+        y_train = wq(w).detach()
+        wq.eval()
+        y_eval = wq(w)
+        s = wq.scales(w)
+        codes = wq.int_weights(w)
+        assert codes.dtype == torch.int8 and codes.abs().max() == qmath.W_MAX  # narrow range, full use
+        assert torch.equal(y_eval, codes.float() * s[:, None, None])
+        assert torch.equal(y_train, y_eval)
+        assert torch.equal(s, qmath.weight_scales(w.abs().amax(dim=(1, 2))).float())
+
+
+def test_gradient_based_actquant_learns_its_range_through_the_rounding():
+    q, x = _observed(True)
+    assert q.steps == 3  # observed for ema_steps, then learned
+    q(x).square().sum().backward()
+    assert q.min.grad is not None and q.max.grad is not None and q.max.grad.abs() > 0
+
+
+def test_vanilla_actquant_keeps_observing_and_runs_the_exported_grid():
+    q, x = _observed(False)
+    assert q.steps == 5 and not q.min.requires_grad
+    lo, hi = (1 - 0.9 ** 5) * x.min().item(), (1 - 0.9 ** 5) * x.max().item()  # EMA from 0, alpha 0.9
+    assert abs(q.min.item() - lo) < 1e-5 and abs(q.max.item() - hi) < 1e-5
+    y = q(x)  # training mode, vanilla: observes once more, then the same fake-quant op as eval
+    scale, zp, _, _ = q.qparams()
+    q.eval()
+    assert torch.equal(y, q(x))
+    codes = y.double() / np.float32(scale) + (zp - qmath.Q_MIN)
+    assert (codes - codes.round()).abs().max() < 1e-3 and codes.min() >= -1e-3 and codes.max() <= qmath.LEVELS + 1e-3
+
+
+def test_fixed_grid_is_the_io_grid():
+    q = ActQuant(fixed=(-1.0, 127 / 128))
+    assert q.qparams()[:2] == (qmath.IO_SCALE, 0) and not q.gradient_based
+
+
+def test_bias_follows_its_input_quantizer():
+    q, _ = _observed(True)
+    q.eval()
+    b, s_w = torch.randn(4) * 0.1, torch.full((4,), 0.01)
+    snapped = quantize_bias(b, q, s_w)
+    k = snapped.double() / qmath.bias_scale(q.qparams()[0], s_w).double()
+    assert (k - k.round()).abs().max() < 1e-4 and not torch.equal(snapped, b)
+    assert torch.equal(quantize_bias(b, None, s_w), b)  # no input quantizer: float bias
+    q.enabled = False
+    assert torch.equal(quantize_bias(b, q, s_w), b)
+    conv = nn.Conv1d(1, 1, 1)
+    link_input(conv, q)
+    assert conv.in_quant is q and "in_quant" not in dict(conv.named_modules())
+
+
+def test_snap_prelu_puts_the_ratio_on_xnnpack_grid():
+    q_in, _ = _observed(True)
+    q_out = ActQuant()
+    q_out.min.data.fill_(-0.3)
+    q_out.max.data.fill_(2.0)
+    prelu = nn.PReLU(1, 0.2)
+    zp = q_out.qparams()[1]
+    snap_prelu(prelu, q_in, q_out)
+    s_out, zp_new, nmin, nmax = q_out.qparams()
+    a = 256 * float(np.float32(q_in.qparams()[0])) / s_out
+    assert zp_new == zp and abs(a - round(a)) < 1e-4 and round(a) % 2 == 1  # float32 range parameters
+    b = prelu.weight.item() * round(a)
+    assert abs(b - round(b)) < 1e-4 and round(b) % 2 == 1
