@@ -26,7 +26,7 @@ import torch
 
 from conversion.reference import RefConfig, ReferenceFQSE
 from runtime import qmath
-from training.checkpoint import FORMAT, CheckpointError, asteroid_to_fqse, load_model, save
+from training.checkpoint import FORMAT, CheckpointError, asteroid_to_fqse, load_model, safe_load, save
 from training.model import ConvTasNet, ModelConfig, Pipeline
 from training.quant import ActQuant, WeightQuant
 
@@ -40,11 +40,10 @@ def read_any(path: str | Path) -> Any:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    ck = safe_load(path, (torch.torch_version.TorchVersion,))
+    if not isinstance(ck, dict):
+        raise CheckpointError(f"{path}: holds a {type(ck).__name__}, not a checkpoint dict")
+    return ck
 
 
 # ---- format detection -------------------------------------------------------------------------------

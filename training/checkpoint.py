@@ -33,8 +33,17 @@ def read(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: no such checkpoint")
     if path.is_dir():
         raise CheckpointError(f"{path}: a directory, not a checkpoint file")
+    ck = safe_load(path)
+    if not isinstance(ck, dict):
+        raise CheckpointError(f"{path}: holds a {type(ck).__name__}, not a checkpoint dict")
+    return ck
+
+
+def safe_load(path: Path, allow: tuple = ()) -> Any:
+    """torch.load with weights_only=True (plus the globals in `allow`): a crafted pickle is refused, never run."""
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses any pickled global that is not a tensor or plain data (the exploit path)
         what = re.search(r"GLOBAL (\S+)", str(exc))
@@ -43,9 +52,6 @@ def read(path: str | Path) -> dict:
                               "only tensors, numbers, strings, lists and dicts are allowed)") from None
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).strip().splitlines()[0][:120]})") from None
-    if not isinstance(ck, dict):
-        raise CheckpointError(f"{path}: holds a {type(ck).__name__}, not a checkpoint dict")
-    return ck
 
 
 def check_config(ckpt_cfg: dict, cfg: ModelConfig, path: str | Path) -> None:
