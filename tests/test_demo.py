@@ -16,7 +16,9 @@ def test_demo_summary(tmp_path):
     s = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert KEYS <= set(s)
     assert s["tflite_fully_integer"] is True and s["streaming_bit_exact"] is True
-    assert s["si_snr_tflite_int8"] > s["si_snr_noisy"] + 6.0  # the demo model improves SI-SNR by > 6 dB
+    # real recordings of unseen talkers: measured +2.44 dB SI-SNRi on the 6 samples (the espeak-trained model it
+    # replaced scored -3.3 dB on real speech); 1.5 dB fails if a synthetic-speech model or a broken combiner ships
+    assert s["si_snri_tflite_int8"] > 1.5
     assert abs(s["si_snr_tflite_int8"] - s["si_snr_fakequant"]) < 0.1
     assert "FQSE TFLite int8 (stream)" in res.stdout and "p99" in res.stdout
     assert s["stream_hop_p99_ms"] >= s["stream_hop_median_ms"]

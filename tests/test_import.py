@@ -296,7 +296,7 @@ def test_asteroid_to_float_onnx_and_ptq_int8(asteroid_bin, tmp_path):
     assert res.returncode == 0, res.stderr
     rep = json.loads(res.stdout)
     assert rep["format"] == importers.ASTEROID and rep["model_config"]["quantize"]
-    assert len(rep["ptq"]["snr_vs_float_db"]) == 3
+    assert len(rep["ptq"]["snr_vs_float_db"]) == len(list((ROOT / "calibration_data").glob("*.wav")))  # one per clip
     res = run_fqse("export", "--checkpoint", str(out), "-o", str(tmp_path / "q.onnx"))
     assert res.returncode == 0, res.stderr
 
@@ -385,8 +385,9 @@ def test_import_is_exact_when_no_deployment_change_is_needed(clips):
         y = ref.masker.bottleneck[1](ref.masker.bottleneck[0](enc))
         for k, blk in enumerate(model.blocks):
             (ya, sa), (yb, sb) = ref.masker.TCN[k](y), blk(y)
-            # measured: at most 7 of 96064 codes differ per block (1 of 192128 at the encoder, 0 at y0)
-            assert same(ya, yb, blk.q_add) > 0.9999 and same(sa, sb, blk.q_skip) > 0.9999, k
+            # measured: at most 0.26 % of codes differ per block with the real-speech calibration clips (7 of 96064
+            # with the espeak ones): float32 rounding ties; a wrong grid or op order moves most codes
+            assert same(ya, yb, blk.q_add) > 0.995 and same(sa, sb, blk.q_skip) > 0.995, k
             y = ya
         mask = ref.masker.mask_net[1](ref.masker.mask_net[0](sa))
         Y = ref.mul(mask * enc)

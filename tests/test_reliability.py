@@ -407,7 +407,8 @@ def test_stream_into_closed_pipe_ends_quietly(demo_onnx):
     err = proc.stderr.read().decode()
     feeder.join(timeout=60)
     assert proc.wait(timeout=120) == 0 and len(got) == 1000
-    assert err == ""  # no "[Errno 32] Broken pipe", no traceback
+    # no "[Errno 32] Broken pipe", no traceback: at most the note that a non-step model is not real time
+    assert all(ln.startswith("fqse stream: note:") for ln in err.splitlines()), err
 
 
 def test_internal_error_is_one_line_and_debug_shows_traceback(tmp_path):
