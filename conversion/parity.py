@@ -143,20 +143,14 @@ def per_layer_tflite(tflite_path: str | Path, x: np.ndarray) -> list[dict[str, A
     default kernels (XNNPACK, the op alone) differ from the reference kernels (`xnnpack_differ`, max LSB)
     and from exact arithmetic (`xnnpack_vs_exact`)."""
     from ai_edge_litert.interpreter import Interpreter
-    from runtime.intref import IntegerReference, single_op_model
+    from runtime.intref import IntegerReference, invoke, single_op_model
     raw = Path(tflite_path).read_bytes()
     ref, exact = IntegerReference(raw, tflite_path), IntegerReference(raw, tflite_path, exact=True)
     vals = ref.run([np.ascontiguousarray(x.T[None, None])])
     rows = []
     for k, (op, _, outs, _) in enumerate(ref.ops):
         it = Interpreter(model_content=single_op_model(raw, k))
-        ins = it.get_input_details()
-        for d in ins:
-            it.resize_tensor_input(d["index"], list(vals[d["index"]].shape))
-        it.allocate_tensors()
-        for d in ins:
-            it.set_tensor(d["index"], vals[d["index"]])
-        it.invoke()
+        invoke(it, [vals[d["index"]] for d in it.get_input_details()])
         got = it.get_tensor(it.get_output_details()[0]["index"])
         d = np.abs(got.astype(np.int32) - vals[outs[0]])
         ex = exact.run_op(k, vals)

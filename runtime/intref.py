@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -271,6 +272,18 @@ class IntegerReference:
             if not (np.array_equal(t.scale, out.scale) and np.array_equal(t.zero_point, out.zero_point)):
                 raise IntRefError(f"CONCATENATION of {t.name} with its own quantization is not supported")
         return np.concatenate(v, axis=int(opts.axis))
+
+
+def invoke(it: Any, xs: list[np.ndarray]) -> Any:
+    """Run a TFLite interpreter on inputs of any length: resize each input to its array, allocate, set, invoke."""
+    ins = it.get_input_details()
+    for d, x in zip(ins, xs):
+        it.resize_tensor_input(d["index"], list(x.shape))
+    it.allocate_tensors()
+    for d, x in zip(ins, xs):
+        it.set_tensor(d["index"], x)
+    it.invoke()
+    return it
 
 
 def single_op_model(raw: bytes, k: int) -> bytes:

@@ -6,6 +6,7 @@ import json
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from runtime.intref import invoke
 from tests.conftest import noisy_clean_pairs, run_fqse
 
 
@@ -14,14 +15,8 @@ def _check(out, model_path) -> dict:
     t = index["tensors"]
     load = lambda i: np.load(out / t[i]["file"])  # noqa: E731
     xs = [load(i) for i in index["inputs"]]
-    it = Interpreter(model_path=str(model_path), experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
-                     experimental_preserve_all_tensors=True)
-    for d, x in zip(it.get_input_details(), xs):
-        it.resize_tensor_input(d["index"], list(x.shape))
-    it.allocate_tensors()
-    for d, x in zip(it.get_input_details(), xs):
-        it.set_tensor(d["index"], x)
-    it.invoke()
+    it = invoke(Interpreter(model_path=str(model_path), experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
+                            experimental_preserve_all_tensors=True), xs)
     details = {str(d["index"]): d for d in it.get_tensor_details()}
     for op in index["ops"]:  # every op's output is there, bit-exact with the reference kernels
         o = op["outputs"][0]

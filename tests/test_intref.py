@@ -9,20 +9,14 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from runtime import pipeline
 from runtime.audio import read_audio, to_int16
 from runtime.backends import load_backend
-from runtime.intref import IntegerReference, IntRefError, quantize_multiplier, requantize, single_op_model
+from runtime.intref import (IntegerReference, IntRefError, invoke, quantize_multiplier, requantize,
+                            single_op_model)
 from tests.conftest import noisy_clean_pairs
 
 
 def _ref_kernels(raw: bytes, xs: list[np.ndarray]) -> Interpreter:
-    it = Interpreter(model_content=raw, experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
-                     experimental_preserve_all_tensors=True)
-    for d, x in zip(it.get_input_details(), xs):
-        it.resize_tensor_input(d["index"], list(x.shape))
-    it.allocate_tensors()
-    for d, x in zip(it.get_input_details(), xs):
-        it.set_tensor(d["index"], x)
-    it.invoke()
-    return it
+    return invoke(Interpreter(model_content=raw, experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
+                              experimental_preserve_all_tensors=True), xs)
 
 
 def _assert_all_tensors_equal(raw: bytes, xs: list[np.ndarray]) -> int:
@@ -90,13 +84,7 @@ def test_xnnpack_within_one_lsb_layer_by_layer(demo_tflite):
     total = within = 0
     for k, (op, _, outs, _) in enumerate(ref.ops):
         it = Interpreter(model_content=single_op_model(raw, k), experimental_op_resolver_type=OpResolverType.AUTO)
-        ins = it.get_input_details()
-        for d in ins:
-            it.resize_tensor_input(d["index"], list(vals[d["index"]].shape))
-        it.allocate_tensors()
-        for d in ins:
-            it.set_tensor(d["index"], vals[d["index"]])
-        it.invoke()
+        invoke(it, [vals[d["index"]] for d in it.get_input_details()])
         d = np.abs(it.get_tensor(it.get_output_details()[0]["index"]).astype(np.int32) - vals[outs[0]])
         total += d.size
         within += int((d <= 1).sum())
