@@ -1,7 +1,8 @@
 """The deployed graph as a short list of integer-ready ops, read off a trained (QAT) model.
 
-Both emitters (ONNX QDQ in onnx_export.py, TFLite in tflite_export.py) are written against this list,
-so the network is described once for deployment. Weights are int8 codes with per-channel scales
+The ops are recorded from the model's own forward (ConvTasNet.trace, training/tape.py), so the torch
+model, the deploy graph and the bias links cannot disagree. Both emitters (ONNX QDQ in onnx_export.py,
+TFLite in tflite_export.py) are written against this list. Weights are int8 codes with per-channel scales
 (from the QAT weight quantizers), activations carry the QAT quantizers' (scale, zero point).
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from conversion.errors import ExportError
 from runtime import modelmeta, qmath
 from training.model import ConvTasNet
+from training.tape import Step
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Op:
     qp: tuple[float, int] | None  # output (scale, int8 zero point); None in a float graph
     attrs: dict[str, Any] = field(default_factory=dict)
     quantizer: Any = None  # the torch module that quantizes the output (for per-layer parity)
+    module: Any = None  # the torch layer it was recorded from (norm calibration reads its inputs)
 
 
 @dataclass
@@ -62,83 +65,39 @@ def _conv(x: str, out: str, w: torch.Tensor, wq: Any, quantized: bool, conv: Any
 
 
 def build_graph(model: ConvTasNet, quantized: bool = True) -> Graph:
-    """Read the deploy graph off `model` (eval mode). `quantized=False` gives the float graph."""
-    cfg = model.cfg
-    if quantized and not cfg.quantize:
+    """The deploy graph of `model` (eval mode), recorded from its forward (ConvTasNet.trace): each recorded
+    step becomes one op with its weights and output grid. `quantized=False` gives the float graph."""
+    if quantized and not model.cfg.quantize:
         raise ExportError("this checkpoint is a float model (no QAT quantizers): export it with --float, "
                           "or train it with quantization enabled first")
     model = model.eval()
-    ops: list[Op] = []
-    qp = (lambda q: _qp(q)) if quantized else (lambda q: None)
-
-    def add_conv(op, q):
-        op.qp, op.quantizer = qp(q), q
-        ops.append(op)
-        return op.output
-
-    def conv(qc, x, out, q):
-        return add_conv(_conv(x, out, qc.conv.weight, qc.wq, quantized, qc.conv, qc.pad), q)
-
-    def unary(kind, x, out, q, **attrs):
-        ops.append(Op(kind, [x], out, qp(q), attrs, q))
-        return out
-
-    def binary(kind, a, b, out, q):
-        ops.append(Op(kind, [a, b], out, qp(q), quantizer=q))
-        return out
-
-    def norm(mod, x, out, q):
-        if mod.kind == "BN":
-            a, b = (t.detach() for t in mod.affine())
-            op = _conv(x, out, a[:, None, None], mod.wq, quantized, bias=b)
-            op.attrs["groups"] = a.numel()
-            return add_conv(op, q)
-        return unary("norm", x, out, q, mode=mod.kind, gamma=mod.gamma.detach().numpy(),
-                     beta=mod.beta.detach().numpy(), eps=mod.eps)
-
-    def prelu(mod, x, out, q):
-        return unary("prelu", x, out, q, alpha=float(mod.weight.detach().reshape(-1)[0]))
-
-    if cfg.encoder_split:
-        hi = conv(model.encoder, "input", "enc_hi", model.q_enc_hi)
-        enc = binary("add", hi, conv(model.encoder_lo, "input", "enc_lo", model.q_enc_lo), "enc", model.q_enc)
-    else:
-        enc = conv(model.encoder, "input", "enc", model.q_enc)
-    y = norm(model.bottleneck_norm, enc, "bn_norm", model.q_bn_norm)
-    y = conv(model.bottleneck, y, "bottleneck", model.q_bottleneck)
-    skip_sum = None
-    for i, blk in enumerate(model.blocks):
-        p = f"b{i}_"
-        h = conv(blk.in_conv, y, p + "in", blk.q_in)
-        h = prelu(blk.prelu1, h, p + "prelu1", blk.q_prelu1)
-        h = norm(blk.norm1, h, p + "norm1", blk.q_norm1)
-        h = conv(blk.dconv, h, p + "dconv", blk.q_dconv)
-        h = prelu(blk.prelu2, h, p + "prelu2", blk.q_prelu2)
-        h = norm(blk.norm2, h, p + "norm2", blk.q_norm2)
-        res = conv(blk.res_conv, h, p + "res", blk.q_res)
-        skip = conv(blk.skip_conv, h, p + "skip", blk.q_skip)
-        y = binary("add", y, res, p + "out", blk.q_add)
-        skip_sum = skip if skip_sum is None else binary("add", skip_sum, skip, p + "skipsum", model.q_skips[i - 1])
-    m = prelu(model.mask_prelu, skip_sum, "mask_prelu", model.q_mask_prelu)
-    m = conv(model.mask_conv, m, "mask_conv_f", None)
-    ops[-1].qp = None  # the ReLU follows at once: one fused op in int8
-    m = unary("relu", m, "mask", model.q_mask)
-    masked = binary("mul", m, enc, "masked", model.q_masked)
-
-    dec_w = model.decoder_filters[:, 0, :].t().unsqueeze(-1)  # [L, N, 1]
-
-    def decode(x, name, q_frames, q_out, gain=1.0):
-        f = add_conv(_conv(x, name + "_frames", dec_w, model.dec_wq, quantized, gain=gain), q_frames)
-        return unary("ola", f, name, q_out, stride=cfg.stride)
-
-    outputs = [decode(masked, "y0", model.q_frames, model.q_out)]
-    if cfg.n_combiner == 2:
-        r = conv(model.res_encoder, "y0", "res_enc", model.q_res_enc)
-        e = binary("sub", masked, r, "err", model.q_err)
-        outputs.append(decode(e, "y1", model.q_res_frames, model.q_res_out, gain=cfg.res_gain))
+    tape, outputs = model.trace()
+    ops = [_lower(step, quantized) for step in tape.steps]
     if quantized:
         _snap_biases(ops)
     return Graph(_live(ops, outputs), "input", outputs, metadata(model, quantized), quantized)
+
+
+def _lower(step: Step, quantized: bool) -> Op:
+    """A recorded step as a deploy op: weights as int8 codes and scales, the output quantizer's grid."""
+    mod, x, out = step.module, step.inputs[0], step.output
+    if step.kind == "conv":
+        op = (_conv(x, out, mod.conv.weight, mod.wq, quantized, mod.conv, mod.pad) if mod is not None else
+              _conv(x, out, step.attrs["weight"](), step.attrs["wq"], quantized, gain=step.attrs["gain"]))
+    elif step.kind == "norm" and mod.kind == "BN":  # frozen BN: a per-channel affine = a depthwise 1x1 conv
+        a, b = (t.detach() for t in mod.affine())
+        op = _conv(x, out, a[:, None, None], mod.wq, quantized, bias=b)
+        op.attrs["groups"] = a.numel()
+    elif step.kind == "norm":
+        op = Op("norm", [x], out, None, {"mode": mod.kind, "gamma": mod.gamma.detach().numpy(),
+                                         "beta": mod.beta.detach().numpy(), "eps": mod.eps})
+    elif step.kind == "prelu":
+        op = Op("prelu", [x], out, None, {"alpha": float(mod.weight.detach().reshape(-1)[0])})
+    else:  # relu, add, sub, mul, ola: no weights
+        op = Op(step.kind, list(step.inputs), out, None, dict(step.attrs))
+    op.qp = _qp(step.quantizer) if quantized else None
+    op.quantizer, op.module = step.quantizer, mod
+    return op
 
 
 def _snap_biases(ops: list[Op]) -> None:
@@ -163,7 +122,7 @@ def _live(ops: list[Op], outputs: list[str]) -> list[Op]:
 def metadata(model: ConvTasNet, quantized: bool) -> dict[str, Any]:
     """What a runtime needs to run the model file alone."""
     cfg = model.cfg
-    rf = 1 + sum((cfg.conv_kernel_size - 1) * 2 ** x for _ in range(cfg.n_repeats) for x in range(cfg.n_blocks))
+    rf = 1 + sum((b.dconv.conv.kernel_size[0] - 1) * b.dconv.conv.dilation[0] for b in model.blocks)
     return {"format": modelmeta.FORMAT, "quantized": quantized, "sample_rate": cfg.sample_rate,
             "n_splitter": cfg.n_splitter, "n_combiner": cfg.n_combiner, "splitter": cfg.quantize,
             "splitter_bits": qmath.IO_BITS, "combiner_bits": qmath.IO_BITS, "io_scale": qmath.IO_SCALE,
@@ -175,5 +134,5 @@ def metadata(model: ConvTasNet, quantized: bool) -> dict[str, Any]:
 
 def output_qparams(model: ConvTasNet) -> list[list[float]]:
     """(scale, zero point) of each int8 output: the fixed 1/128 grid, or learned (imported models)."""
-    qs = [model.q_out] + ([model.q_res_out] if model.cfg.n_combiner == 2 else [])
-    return [list(_qp(q)) for q in qs]
+    tape, outputs = model.trace()
+    return [list(_qp(tape.producer_quantizer(name))) for name in outputs]

@@ -43,11 +43,11 @@ def _check_suffix(path: str, ext: str) -> None:
 
 
 def _export(a: argparse.Namespace) -> None:
-    from conversion.pipeline import export_onnx
+    from conversion.pipeline import convert, resolve_activations
     _check_suffix(a.output, ".onnx")
-    path = export_onnx(a.checkpoint, a.output, float_model=a.float, yaml=a.yaml, step_frames=_step_frames(a),
-                       activations=a.activations)
-    print(f"wrote {path}")
+    report = convert(a.checkpoint, a.output, "onnx", a.float, a.yaml, _step_frames(a),
+                     activations=resolve_activations(a.activations))
+    print(json.dumps(report, indent=1))
 
 
 def _step_frames(a: argparse.Namespace) -> int | None:

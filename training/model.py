@@ -16,6 +16,7 @@ from torch import nn
 
 from runtime import qmath
 from runtime.pipeline import padded_length
+from training import tape
 from training.quant import ActQuant, WeightQuant, link_input, quantize_bias, snap_prelu
 
 NORMS = ("gLN", "cLN", "BN")
@@ -133,6 +134,11 @@ def act(cfg: ModelConfig, fixed: tuple[float, float] | None = None) -> nn.Module
     return ActQuant(cfg.gradient_based, cfg.ema_steps, fixed=fixed)
 
 
+def layer(kind: str, module: nn.Module, x: torch.Tensor, q: nn.Module | None, out: str) -> torch.Tensor:
+    """q(module(x)), recorded as deploy op `out` (training/tape.py)."""
+    return tape.op(kind, module, [x], q, out, module=module)
+
+
 class Block(nn.Module):
     """TCN block: 1x1 -> PReLU -> norm -> depthwise (dilated) -> PReLU -> norm -> res / skip 1x1."""
 
@@ -159,12 +165,17 @@ class Block(nn.Module):
         self.q_skip = act(cfg)
         self.q_add = act(cfg)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.q_prelu1(self.prelu1(self.q_in(self.in_conv(x))))
-        y = self.q_norm1(self.norm1(y))
-        y = self.q_prelu2(self.prelu2(self.q_dconv(self.dconv(y))))
-        y = self.q_norm2(self.norm2(y))
-        return self.q_add(x + self.q_res(self.res_conv(y))), self.q_skip(self.skip_conv(y))
+    def forward(self, x: torch.Tensor, p: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """x -> (residual output, skip); `p` prefixes the recorded op names."""
+        h = layer("conv", self.in_conv, x, self.q_in, p + "in")
+        h = layer("prelu", self.prelu1, h, self.q_prelu1, p + "prelu1")
+        h = layer("norm", self.norm1, h, self.q_norm1, p + "norm1")
+        h = layer("conv", self.dconv, h, self.q_dconv, p + "dconv")
+        h = layer("prelu", self.prelu2, h, self.q_prelu2, p + "prelu2")
+        h = layer("norm", self.norm2, h, self.q_norm2, p + "norm2")
+        res = layer("conv", self.res_conv, h, self.q_res, p + "res")
+        skip = layer("conv", self.skip_conv, h, self.q_skip, p + "skip")
+        return tape.op("add", torch.add, [x, res], self.q_add, p + "out"), skip
 
 
 class ConvTasNet(nn.Module):
@@ -202,39 +213,60 @@ class ConvTasNet(nn.Module):
             self.q_err = act(cfg)
             self.q_res_frames = act(cfg)
             self.q_res_out = act(cfg, fixed=IO_RANGE)
+        self._trace = self._record()  # the topology is fixed from here on
         if cfg.quantize:
             self._link_bias_inputs()
 
+    def trace(self) -> tuple[tape.Tape, list[str]]:
+        """The deployed ops in execution order (recorded from the forward once, at construction, so
+        later forward hooks never see the recording run) and the names of the outputs."""
+        return self._trace
+
+    @torch.no_grad()
+    def _record(self) -> tuple[tape.Tape, list[str]]:
+        """One forward on a short zero input under tape.record(), every quantizer passing through
+        (nothing observed, initialized or learned)."""
+        was_training = self.training
+        quantizers = [m for m in self.modules() if isinstance(m, (ActQuant, WeightQuant))]
+        enabled = [q.enabled for q in quantizers]
+        self.eval()
+        for q in quantizers:
+            q.enabled = False
+        try:
+            with tape.record() as t:
+                outs = self(torch.zeros(1, self.cfg.n_splitter, 4 * self.cfg.stride))
+                names = [t.name_of(o) for o in outs]
+            return t, names
+        finally:
+            for q, e in zip(quantizers, enabled):
+                q.enabled = e
+            self.train(was_training)
+
     def _link_bias_inputs(self) -> None:
-        """Each biased conv learns which quantizer feeds it (its bias lives on the int32 grid)."""
-        link_input(self.encoder, self.q_input)
-        link_input(self.bottleneck_norm, self.q_enc)
-        link_input(self.bottleneck, self.q_bn_norm)
-        prev = self.q_bottleneck
-        for blk in self.blocks:
-            for mod, q in ((blk.in_conv, prev), (blk.norm1, blk.q_prelu1), (blk.dconv, blk.q_norm1),
-                           (blk.norm2, blk.q_prelu2), (blk.res_conv, blk.q_norm2), (blk.skip_conv, blk.q_norm2)):
-                link_input(mod, q)
-            prev = blk.q_add
-        link_input(self.mask_conv, self.q_mask_prelu)
+        """Each conv (and BN affine) learns which quantizer feeds it (its bias lives on the int32 grid)."""
+        t, _ = self.trace()
+        for step in t.steps:
+            if step.kind in ("conv", "norm") and step.module is not None:
+                link_input(step.module, t.producer_quantizer(step.inputs[0]))
 
     def snap_prelus(self) -> "ConvTasNet":
         """Every PReLU of a QAT model onto the grid of XNNPACK's int8 LeakyReLU (quant.snap_prelu)."""
         if not self.cfg.quantize:
             return self
-        prev = None
-        for i, blk in enumerate(self.blocks):
-            snap_prelu(blk.prelu1, blk.q_in, blk.q_prelu1)
-            snap_prelu(blk.prelu2, blk.q_dconv, blk.q_prelu2)
-            prev = blk.q_skip if i == 0 else self.q_skips[i - 1]
-        if prev is not None:
-            snap_prelu(self.mask_prelu, prev, self.q_mask_prelu)
+        t, _ = self.trace()
+        for step in t.steps:
+            if step.kind == "prelu":
+                snap_prelu(step.module, t.producer_quantizer(step.inputs[0]), step.quantizer)
         return self
 
     # --- pieces shared with export -------------------------------------------------------------------
+    def decoder_float_weight(self) -> torch.Tensor:
+        """The decoder as a 1x1 conv weight [L, N, 1]."""
+        return self.decoder_filters[:, 0, :].t().unsqueeze(-1)
+
     def decoder_weight(self) -> torch.Tensor:
-        """The decoder as a 1x1 conv weight [L, N, 1] (fake-quantized per output sample)."""
-        w = self.decoder_filters[:, 0, :].t().unsqueeze(-1)
+        """The decoder's 1x1 conv weight, fake-quantized per output sample."""
+        w = self.decoder_float_weight()
         return w if self.dec_wq is None else self.dec_wq(w)
 
     def overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
@@ -244,29 +276,44 @@ class ConvTasNet(nn.Module):
         b = F.pad(frames[:, s:], (1, 0))
         return (a + b).transpose(1, 2).reshape(frames.shape[0], 1, -1)
 
-    def decode(self, feats: torch.Tensor, q_frames: nn.Module, gain: float = 1.0) -> torch.Tensor:
-        frames = F.conv1d(feats, self.decoder_weight())
-        if gain != 1.0:
-            frames = frames * gain
-        return self.overlap_add(q_frames(frames))
+    def decode(self, feats: torch.Tensor, out: str, q_frames: nn.Module, q_out: nn.Module,
+               gain: float = 1.0) -> torch.Tensor:
+        """Decoder (1x1 conv N -> L, times `gain`) then overlap-add, each onto its quantizer's grid."""
+        def frames_of(f: torch.Tensor) -> torch.Tensor:
+            frames = F.conv1d(f, self.decoder_weight())
+            return frames * gain if gain != 1.0 else frames
+        frames = tape.op("conv", frames_of, [feats], q_frames, out + "_frames",
+                         weight=self.decoder_float_weight, wq=self.dec_wq, gain=gain)
+        return tape.op("ola", self.overlap_add, [frames], q_out, out, stride=self.cfg.stride)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cfg.encoder_split:
+            return layer("conv", self.encoder, x, self.q_enc, "enc")
+        hi = layer("conv", self.encoder, x, self.q_enc_hi, "enc_hi")
+        lo = layer("conv", self.encoder_lo, x, self.q_enc_lo, "enc_lo")
+        return tape.op("add", torch.add, [hi, lo], self.q_enc, "enc")
 
     def forward(self, codes: torch.Tensor) -> list[torch.Tensor]:
-        """codes: [B, S, T] splitter values (int8 codes x 1/128), T a multiple of L/2 -> C x [B, 1, T + L/2]."""
-        x = self.q_input(codes)
-        enc = self.q_enc(self.encoder(x) if not self.cfg.encoder_split else
-                         self.q_enc_hi(self.encoder(x)) + self.q_enc_lo(self.encoder_lo(x)))
-        y = self.q_bottleneck(self.bottleneck(self.q_bn_norm(self.bottleneck_norm(enc))))
+        """codes: [B, S, T] splitter values (int8 codes x 1/128), T a multiple of L/2 -> C x [B, 1, T + L/2].
+        This is the network's one description: the deploy graph is recorded from it (trace())."""
+        enc = self.encode(tape.source(self.q_input(codes), "input", self.q_input))
+        y = layer("norm", self.bottleneck_norm, enc, self.q_bn_norm, "bn_norm")
+        y = layer("conv", self.bottleneck, y, self.q_bottleneck, "bottleneck")
         skip_sum = None
         for i, block in enumerate(self.blocks):
-            y, skip = block(y)
-            skip_sum = skip if skip_sum is None else self.q_skips[i - 1](skip_sum + skip)
-        mask = self.q_mask(torch.relu(self.mask_conv(self.q_mask_prelu(self.mask_prelu(skip_sum)))))
-        masked = self.q_masked(mask * enc)
-        y0 = self.q_out(self.decode(masked, self.q_frames))
+            y, skip = block(y, f"b{i}_")
+            skip_sum = skip if skip_sum is None else tape.op("add", torch.add, [skip_sum, skip], self.q_skips[i - 1],
+                                                             f"b{i}_skipsum")
+        m = layer("prelu", self.mask_prelu, skip_sum, self.q_mask_prelu, "mask_prelu")
+        m = layer("conv", self.mask_conv, m, None, "mask_conv_f")  # the ReLU follows at once: one int8 op
+        mask = tape.op("relu", torch.relu, [m], self.q_mask, "mask")
+        masked = tape.op("mul", torch.mul, [mask, enc], self.q_masked, "masked")
+        y0 = self.decode(masked, "y0", self.q_frames, self.q_out)
         outs = [y0]
         if self.cfg.n_combiner == 2:
-            err = self.q_err(masked - self.q_res_enc(self.res_encoder(y0)))
-            outs.append(self.q_res_out(self.decode(err, self.q_res_frames, self.cfg.res_gain)))
+            r = layer("conv", self.res_encoder, y0, self.q_res_enc, "res_enc")
+            err = tape.op("sub", torch.sub, [masked, r], self.q_err, "err")
+            outs.append(self.decode(err, "y1", self.q_res_frames, self.q_res_out, self.cfg.res_gain))
         return outs
 
 

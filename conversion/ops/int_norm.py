@@ -27,13 +27,6 @@ HEADROOM = 2.0  # per-utterance scalars (mean, var, rsqrt): range = 2 x the cali
 INTERNAL = ("mean", "d", "d2", "var", "rsqrt", "rg", "g", "gamma", "beta", "mean_t", "var_t")
 
 
-def _norm_module(model: Any, name: str) -> Any:
-    if name == "bn_norm":
-        return model.bottleneck_norm
-    i, which = name[1:].split("_")
-    return getattr(model.blocks[int(i)], which)
-
-
 def _stats(x: np.ndarray, mode: str, gamma: np.ndarray, eps: float) -> dict[str, np.ndarray]:
     """Intermediates of the norm on x [C, T] (float64)."""
     axes = (0, 1) if mode == "gLN" else (0,)
@@ -56,7 +49,7 @@ def calibrate_norms(model: Any, g: Any, clips: list[np.ndarray]) -> None:
     if not ops or not g.quantized:
         return
     seen: dict[str, list[np.ndarray]] = {op.output: [] for op in ops}
-    hooks = [_norm_module(model, op.output).register_forward_hook(
+    hooks = [op.module.register_forward_hook(
         lambda m, i, o, name=op.output: seen[name].append(i[0][0].double().numpy())) for op in ops]
     pipe = Pipeline(model.cfg)
     try:
@@ -160,7 +153,7 @@ def norm_snr(model: Any, g: Any, wav: np.ndarray) -> dict[str, float]:
     from training.model import Pipeline
     ops = [op for op in g.ops if op.kind == IntNorm.kind]
     seen: dict[str, np.ndarray] = {}
-    hooks = [_norm_module(model, op.output).register_forward_hook(
+    hooks = [op.module.register_forward_hook(
         lambda m, i, o, name=op.output: seen.__setitem__(name, i[0][0].numpy())) for op in ops]
     try:
         x, _ = Pipeline(model.cfg).pre(torch.from_numpy(np.asarray(wav, np.float32))[None])
