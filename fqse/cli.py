@@ -96,6 +96,19 @@ def _stream(a: argparse.Namespace) -> None:
 
 
 def _bench(a: argparse.Namespace) -> None:
+    from fqse.boundary import UsageError
+    if a.compare_onnx2tf:
+        if a.model or a.stream or len(a.threads) > 1:
+            raise UsageError("--compare-onnx2tf takes a checkpoint, one --threads value and no --model / --stream")
+        from conversion.onnx2tf_compare import compare_onnx2tf, require_onnx2tf
+        require_onnx2tf()  # before any conversion: one line naming the install command
+        res = compare_onnx2tf(a.compare_onnx2tf, threads=a.threads[0], seconds=a.seconds, out=a.out)
+        if a.json:
+            from runtime.files import atomic_write
+            atomic_write(a.json, lambda tmp: Path(tmp).write_text(json.dumps(res, indent=1)))
+        return
+    if not a.model:
+        raise UsageError("bench needs --model M... (or --compare-onnx2tf CHECKPOINT)")
     from runtime.bench import bench_cli
     bench_cli(a.model, threads=a.threads, seconds=a.seconds, stream=a.stream, hop_ms=a.hop_ms, json_out=a.json)
 
@@ -210,12 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_stream)
 
     s = sub.add_parser("bench", help="seconds per second of audio, size, peak memory")
-    s.add_argument("--model", nargs="+", required=True)
+    s.add_argument("--model", nargs="+")
     s.add_argument("--threads", type=positive_int, nargs="+", default=[1])
     s.add_argument("--seconds", type=positive_float, default=4.0)
     s.add_argument("--stream", action="store_true")
     s.add_argument("--hop-ms", type=positive_float, default=16.0)
     s.add_argument("--json")
+    s.add_argument("--compare-onnx2tf", metavar="CHECKPOINT", help="convert CHECKPOINT with `fqse convert` and its "
+                   "float network with onnx2tf's full-integer PTQ (the onnx2tf extra: `make onnx2tf`); speed, op "
+                   "counts, parity with fake-quant and SI-SNR on samples/ side by side")
+    s.add_argument("--out", help="--compare-onnx2tf: folder for onnx2tf_compare.json / .md and the compared models")
     s.set_defaults(func=_bench)
 
     s = sub.add_parser("golden", help="golden vectors (every tensor, bit-exact integer reference) for device bring-up")

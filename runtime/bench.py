@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -27,6 +27,19 @@ def _signal(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
     return (0.1 * rng.standard_normal(n) * env).clip(-1, 1).astype(np.float32)
 
 
+def seconds_per_second(run: Callable[[], object], seconds: float, repeats: int = 3) -> float:
+    """Seconds of compute per second of audio: median of `repeats` timed calls of `run` (which processes
+    `seconds` of audio) after two untimed warm-up calls (onnxruntime needs two runs at a new length)."""
+    for _ in range(2):
+        run()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) / seconds
+
+
 def measure(model: str, threads: int, seconds: float, stream: bool, hop_ms: float, repeats: int = 3) -> dict[str, Any]:
     """Measure in this process (call through `measure_isolated` for a clean peak RSS)."""
     from runtime.audio import to_int16
@@ -38,14 +51,7 @@ def measure(model: str, threads: int, seconds: float, stream: bool, hop_ms: floa
                            "kernels": getattr(enh.be, "kernels", "onnxruntime")}
     if not stream:
         pcm = to_int16(_signal(seconds, enh.sr))
-        for _ in range(2):  # warm-up at the measured length: onnxruntime needs two runs at a new length
-            enh.enhance(pcm)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            enh.enhance(pcm)
-            times.append(time.perf_counter() - t)
-        res["s_per_s_audio"] = float(np.median(times)) / seconds
+        res["s_per_s_audio"] = seconds_per_second(lambda: enh.enhance(pcm), seconds, repeats)
     else:
         # Warm-up (untimed): one second of hops, then the stream starts afresh.
         warm = to_int16(_signal(1.0, enh.sr, seed=10**6))
@@ -85,12 +91,18 @@ def peak_rss_mb() -> float:
 
 
 def measure_isolated(model: str, threads: int, seconds: float, stream: bool, hop_ms: float) -> dict[str, Any]:
-    code = ("import json,sys; from runtime.bench import measure; "
-            f"print(json.dumps(measure({model!r}, {threads}, {seconds}, {stream}, {hop_ms})))")
+    return run_isolated("runtime.bench", "measure", model, threads, seconds, stream, hop_ms, label=model)
+
+
+def run_isolated(module: str, func: str, *args: Any, label: str = "") -> dict[str, Any]:
+    """`module.func(*args)` in a fresh Python process (its own peak RSS, no other library loaded); the
+    function returns a JSON-able dict."""
+    code = f"import json; from {module} import {func}; print(json.dumps({func}(*{args!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parent.parent)
     if out.returncode != 0:
-        raise RuntimeError(f"bench of {model} failed: {out.stderr.strip().splitlines()[-1]}")
+        last = (out.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise RuntimeError(f"bench of {label or func} failed: {last}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -21,6 +21,17 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (x.round() - x).detach()
 
 
+def without_quantizers(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every fake quantizer off: the same weights in float (the float network of a
+    QAT checkpoint, what `fqse export/convert --float` lower and are checked against)."""
+    import copy
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
+        if isinstance(m, (ActQuant, WeightQuant)):
+            m.enabled = False
+    return plain
+
+
 def link_input(module: nn.Module, in_quant: nn.Module) -> None:
     """Tell a conv (or BN affine) which quantizer feeds it, for its int32 bias grid (not a submodule)."""
     object.__setattr__(module, "in_quant", in_quant)
