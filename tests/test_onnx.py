@@ -58,12 +58,13 @@ def test_parity_with_fake_quant(demo_onnx, demo_ckpt):
         pcm = to_int16(read_audio(noisy, 16000)[0])
         x = pipeline.pre(pcm, be.meta)
         r = compare(torch_outputs(model, x), be.run(x), be.meta)
-        # Measured on the demo model: 46.0 ... 67.7 dB. QLinearConv rounds a few values within
-        # ~0.003 LSB of a tie the other way than float32 fake-quant, and such flips cascade. y0 stays
-        # within 1 LSB; y1 (weighted 1/256) then moves by up to its full range to compensate a flipped
-        # y0 LSB, as the residual block is meant to, so it is judged through the combined output.
+        # Measured on the demo model: 44.4 ... 215 dB (05_white worst; 04_hum bit-exact). QLinearConv rounds a few
+        # values within ~0.003 LSB of a tie the other way than float32 fake-quant, and such flips cascade. y0
+        # stays within 1 LSB on every sample (measured max 1 LSB, 99.86 % exact at worst); y1 (weighted 1/256)
+        # then moves by up to its full range (255 LSB) to compensate a flipped y0 LSB, as the residual block is
+        # meant to, so it is judged through the combined output.
         assert r["snr_db"] >= 42.0
-        assert r["within_1lsb"][0] >= 0.999
+        assert r["max_lsb"][0] <= 1, (noisy.name, r["max_lsb"])
 
 
 def test_residual_branch_y1_is_guarded(demo_onnx, demo_ckpt):
@@ -80,7 +81,7 @@ def test_residual_branch_y1_is_guarded(demo_onnx, demo_ckpt):
         no_y1[1] = zp1
         floor = compare(ref, no_y1, be.meta)["snr_db"]
         snr_db = compare(ref, got, be.meta)["snr_db"]
-        # Measured on the demo model: floor 21.5-26.2 dB, combined 45.4-221 dB (margin >= 20.4 dB).
+        # Measured on the demo model: floor 20.4-25.2 dB, combined 44.4-215 dB (margin >= 23.9 dB, 05_white).
         # 15 dB above the floor means y1 removes > 97 % of the y0-only error power; an int8 flip
         # cascade (test_parity_with_fake_quant) costs less than that.
         assert snr_db >= floor + 15.0, (noisy.name, floor, snr_db)
