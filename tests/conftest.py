@@ -102,8 +102,8 @@ def qat_quantizers(model) -> dict:
     return d
 
 
-def tflite_layer_outputs(path) -> tuple[dict, dict, dict]:
-    """From the interpreter: every tensor's detail by name, the output tensor of the last op of each layer
+def tflite_layer_outputs(path) -> tuple[dict, dict]:
+    """From the interpreter: the output tensor of the last op of each layer
     (the first name scope of the op's output tensor: "b0_res/BiasAdd;b0_res/Conv2D" -> "b0_res"), and the
     weight tensor of each layer's (depthwise) conv."""
     from ai_edge_litert.interpreter import Interpreter
@@ -116,7 +116,7 @@ def tflite_layer_outputs(path) -> tuple[dict, dict, dict]:
         last[scope] = out
         if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             weights[scope] = by_index[op["inputs"][1]]
-    return {d["name"]: d for d in by_index.values()}, last, weights
+    return last, weights
 
 
 def small_norm_model(norm: str, causal: bool = False, n_combiner: int = 1, decoder_gain: float = 40.0, seed: int = 0):
@@ -165,7 +165,7 @@ def check_integer_with_qat_grids(path, model) -> int:
     assert ins[0]["quantization"] == qp(model.q_input) == (1 / 128, 0)
     out_q = [model.q_out] + ([model.q_res_out] if model.cfg.n_combiner == 2 else [])
     assert [o["quantization"] for o in outs] == [qp(q) for q in out_q]
-    _, layer_out, weights = tflite_layer_outputs(path)
+    layer_out, weights = tflite_layer_outputs(path)
     quantizers = qat_quantizers(model)
     assert set(layer_out) >= set(quantizers), sorted(set(quantizers) - set(layer_out))
     for name, q in quantizers.items():
@@ -175,7 +175,7 @@ def check_integer_with_qat_grids(path, model) -> int:
         # step off (6.6e-8 relative, b2_skip of the demo model); a wrong or swapped grid is off by far more.
         assert abs(t_scale - np.float32(scale)) <= np.spacing(np.float32(scale)) and t_zp == zp, \
             (name, (scale, zp), (t_scale, t_zp))
-    convs = {"bottleneck": model.bottleneck, "mask": model.mask_conv}  # mask_conv's ReLU is fused: "mask/Relu;..."
+    convs = {"enc": model.encoder, "bottleneck": model.bottleneck, "mask": model.mask_conv}  # mask_conv's ReLU is fused: "mask/Relu;..."
     for i, b in enumerate(model.blocks):
         convs.update({f"b{i}_in": b.in_conv, f"b{i}_dconv": b.dconv, f"b{i}_skip": b.skip_conv})
         if i < len(model.blocks) - 1:

@@ -359,7 +359,6 @@ def test_vanilla_qat_model_exports_with_parity(tmp_path):
             assert x.shape[0] == 1 and x.dtype == np.int8
             ref, got = torch_outputs(model, x), be.run(x)
             r = compare(ref, got, be.meta)
-            print(p.suffix, noisy.name, r, np.abs(ref.astype(int)).max())
             assert np.abs(ref.astype(int)).max() >= 16  # an output well above the grid's step: parity means something
             # measured: ONNX and TFLite bit-exact with the fake-quant model on every sample (max 0 LSB); the demo
             # model's bounds leave room for the rounding-tie flips other int8 kernels may take (test_onnx.py)
