@@ -58,12 +58,13 @@ def test_parity_with_fake_quant(demo_onnx, demo_ckpt):
         pcm = to_int16(read_audio(noisy, 16000)[0])
         x = pipeline.pre(pcm, be.meta)
         r = compare(torch_outputs(model, x), be.run(x), be.meta)
-        # Measured on the demo model: 46.0 ... 67.7 dB. QLinearConv rounds a few values within
-        # ~0.003 LSB of a tie the other way than float32 fake-quant, and such flips cascade. y0 stays
-        # within 1 LSB; y1 (weighted 1/256) then moves by up to its full range to compensate a flipped
-        # y0 LSB, as the residual block is meant to, so it is judged through the combined output.
+        # Measured on the demo model: 44.4 ... 215 dB (05_white worst; 04_hum bit-exact). QLinearConv rounds a few
+        # values within ~0.003 LSB of a tie the other way than float32 fake-quant, and such flips cascade. y0
+        # stays within 1 LSB on every sample (measured max 1 LSB, 99.86 % exact at worst); y1 (weighted 1/256)
+        # then moves by up to its full range (255 LSB) to compensate a flipped y0 LSB, as the residual block is
+        # meant to, so it is judged through the combined output.
         assert r["snr_db"] >= 42.0
-        assert r["within_1lsb"][0] >= 0.999
+        assert r["max_lsb"][0] <= 1, (noisy.name, r["max_lsb"])
 
 
 def test_residual_branch_y1_is_guarded(demo_onnx, demo_ckpt):
@@ -80,7 +81,7 @@ def test_residual_branch_y1_is_guarded(demo_onnx, demo_ckpt):
         no_y1[1] = zp1
         floor = compare(ref, no_y1, be.meta)["snr_db"]
         snr_db = compare(ref, got, be.meta)["snr_db"]
-        # Measured on the demo model: floor 21.5-26.2 dB, combined 45.4-221 dB (margin >= 20.4 dB).
+        # Measured on the demo model: floor 20.4-25.2 dB, combined 44.4-215 dB (margin >= 23.9 dB, 05_white).
         # 15 dB above the floor means y1 removes > 97 % of the y0-only error power; an int8 flip
         # cascade (test_parity_with_fake_quant) costs less than that.
         assert snr_db >= floor + 15.0, (noisy.name, floor, snr_db)
@@ -131,3 +132,41 @@ def test_per_layer_parity_finds_first_divergence(demo_onnx, demo_ckpt):
     # a model whose ONNX file was made from other weights diverges at once
     model.encoder.conv.weight.data *= 1.1
     assert per_layer_onnx(model, demo_onnx, x)[0]["max_lsb"] > 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["gLN", "cLN"])
+def test_layer_norm_models_parity_and_y1(norm, norm_onnx):
+    """gLN / cLN models export with the integer norm (int8 internals on calibrated grids) and keep their
+    residual output y1."""
+    from conversion import checks, ops
+    from conversion.graph import build_graph
+    ckpt, path = norm_onnx(norm)
+    model = load_model(ckpt)
+    be = OnnxBackend(path)
+    assert be.meta["norm_type"] == norm and not be.meta["causal"] and be.meta["n_combiner"] == 2
+    ops_in = collections.Counter(n.op_type for n in onnx.load(path).graph.node)
+    assert ops_in["ReduceMean"] == 5 * (4 if norm == "gLN" else 2)  # the int8 norm's means, 5 norms
+    g = build_graph(model)
+    ops.prepare(model, g)  # the deployed graph: norms as int_norm with their calibrated internal grids
+    zp1 = pipeline.output_qparams(be.meta)[1][1]
+    x = pipeline.pre(to_int16(read_audio(noisy_clean_pairs()[1][0], 16000)[0]), be.meta)
+    got = be.run(x)
+    no_y1 = got.copy()
+    no_y1[1] = zp1
+    fq = torch_outputs(model, x)
+    snr_fq, floor_fq = compare(fq, got, be.meta)["snr_db"], compare(fq, no_y1, be.meta)["snr_db"]
+    # Against the fake-quant torch model (float norms): measured 22.8 dB (gLN) / 23.2 dB (cLN), the int8 norm
+    # internals' approximation (each norm alone 27-34 dB, README), as test_tflite's TFLite models (>= 20 dB
+    # there); a wrong lowering gives ~0 dB. That error sits upstream of the decoder, so y1 (which refines y0's
+    # own rounding) gains only 1.4 dB over the y1-dropped floor here (measured 21.4 / 21.8 dB).
+    assert snr_fq >= 20.0 and snr_fq >= floor_fq + 0.7, (snr_fq, floor_fq)
+    # Against the deployed graph's own fake-quant reference (TF FakeQuant graph, the same integer norm grids):
+    # measured 57.5 dB (gLN) / 37.6 dB (cLN) combined, floors 27.1 / 26.1 dB. y1 must take the output well above
+    # the floor: +20 dB (gLN: y1 removes 99 % of the y0-only error power) and +8 dB (cLN, where ONNX's and TF's
+    # per-frame integer norms flip more rounding ties: y0 differs by up to 2 LSB).
+    tf_ref = checks._run_tf(g, x)
+    r = compare(tf_ref, got, be.meta)
+    floor = compare(tf_ref, no_y1, be.meta)["snr_db"]
+    assert r["snr_db"] >= floor + (20.0 if norm == "gLN" else 8.0), (r["snr_db"], floor)
+    assert r["max_lsb"][0] <= (1 if norm == "gLN" else 4), r["max_lsb"]

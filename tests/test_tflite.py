@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conversion.checks import fully_integer, scale_mismatches
+from conversion.checks import scale_mismatches
 from conversion.graph import build_graph
 from conversion.parity import compare, torch_outputs
 from conversion.pipeline import ConversionError, convert_tflite
@@ -12,19 +12,16 @@ from conversion.tflite_export import tensor_report
 from runtime import pipeline
 from runtime.audio import read_audio, to_int16
 from runtime.backends import TfliteBackend
-from tests.conftest import ROOT, noisy_clean_pairs
+from tests.conftest import ROOT, check_integer_with_qat_grids, noisy_clean_pairs, small_norm_model
 from training.checkpoint import load_model
 
 
-def test_fully_integer_with_int8_io(demo_tflite):
+def test_fully_integer_with_int8_io(demo_tflite, demo_ckpt):
     path, report = demo_tflite
+    model = load_model(demo_ckpt)
+    assert check_integer_with_qat_grids(path, model) == 89  # 8 blocks: 3 + 8 x 7 + 7 x 2 + 7 + 5 + 4 layers
     rep = tensor_report(path.read_bytes())
-    assert fully_integer(rep) == []
-    be = TfliteBackend(path)
-    assert be.inp["dtype"] == np.int8 and all(o["dtype"] == np.int8 for o in be.outs)
-    assert be.inp["quantization"] == (1 / 128, 0)
     assert "QUANTIZE" not in rep["ops"] and "DEQUANTIZE" not in rep["ops"]
-    assert report["fully_integer"] and report["qat_scales_kept"]
     assert report["tf_graph_float"]["snr_db"] >= 60  # the lowering itself, free of int8 rounding
 
 
@@ -73,28 +70,13 @@ def test_parity_with_fake_quant(demo_tflite, demo_ckpt):
 def test_layer_norm_models_convert_to_integer_tflite(tmp_path, norm):
     """gLN / cLN as int8 MEAN, SUB, MUL, RSQRT ops (conversion/ops/int_norm.py): no float tensor; without
     the calibrated internal grids the lowering refuses."""
-    import torch
     from conversion.graph import build_graph
     from conversion.tflite_export import to_tflite
     from training import checkpoint
-    from training.model import ConvTasNet, ModelConfig, enhance
-    torch.manual_seed(0)
-    m = ConvTasNet(ModelConfig(n_filters=16, kernel_size=16, bn_chan=8, hid_chan=16, skip_chan=8, n_blocks=2,
-                               n_repeats=1, norm_type=norm, quantize=True, n_splitter=2))
-    from conversion import ptq
-    from training.quant import ActQuant
-    with torch.no_grad():
-        m.decoder_filters.mul_(40)  # an output well above the int8 output grid's step
-        for k, norm_mod in enumerate((m.bottleneck_norm, m.blocks[0].norm1, m.blocks[0].norm2)):
-            norm_mod.gamma.uniform_(0.7, 1.3)  # trained-like affine (the others keep gamma 1, beta 0)
-            norm_mod.beta.uniform_(-0.2, 0.2)
-    clips = ptq.calibration_audio(None, 16000)
-    ptq.calibrate(m.eval(), [q for q in m.modules() if isinstance(q, ActQuant) and q.fixed is None], clips,
-                  "minmax", float_pass=True)
-    enhance(m, torch.zeros(1, 800))  # sets the weight ranges (first forward with quantizers on)
+    m = small_norm_model(norm)
     checkpoint.save(tmp_path / "g.pt", m)
     report = convert_tflite(tmp_path / "g.pt", tmp_path / "g.tflite")
-    assert report["fully_integer"] and report["qat_scales_kept"]
+    assert check_integer_with_qat_grids(tmp_path / "g.tflite", checkpoint.load_model(tmp_path / "g.pt")) == 25  # 2 blocks, C = 1
     assert report["ops"]["MEAN"] == 5 * (4 if norm == "gLN" else 2) and report["ops"]["RSQRT"] == 5
     # stage checks passed (>= 15 dB); this random network measured 23.1 (gLN) / 24.2 dB (cLN) TFLite vs
     # fake-quant (int8 norm internals + rounding-tie flips; a wrong lowering gives ~0 dB)

@@ -63,8 +63,16 @@ class ActQuant(nn.Module):
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
         a = self.alpha
-        self.min.mul_(a).add_((1 - a) * x.min())
-        self.max.mul_(a).add_((1 - a) * x.max())
+        lo, hi = x.min(), x.max()
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            # DDP syncs gradients, not these in-place updates: every rank observes the extremes of the whole
+            # global batch (as one process would), so the ranges stay identical on all ranks
+            ext = torch.stack([-lo, hi])
+            torch.distributed.all_reduce(ext, op=torch.distributed.ReduceOp.MAX)
+            lo, hi = -ext[0], ext[1]
+        self.min.mul_(a).add_((1 - a) * lo)
+        self.max.mul_(a).add_((1 - a) * hi)
         self.steps += 1
 
     def qparams(self) -> tuple[float, int, float, float]:

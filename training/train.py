@@ -3,7 +3,8 @@
 Adam, LR halved on plateau, early stop, gradient clipping, loss after the combiner: negative SNR (default) or the paper's negative SI-SNR (training.loss).
 Checkpoints (`last.pt` every `save_every` steps and at each epoch end, `best.pt` on validation) are
 written atomically; `--resume` continues from `last.pt` at the same step with the same optimizer state.
-Multi-process through torch.distributed (torchrun; gloo on CPU, nccl on CUDA).
+Multi-process through torch.distributed (torchrun; gloo on CPU, nccl on CUDA); quantizer ranges under EMA
+observe the whole global batch (training.quant.ActQuant), so all ranks hold the same model.
 """
 from __future__ import annotations
 
