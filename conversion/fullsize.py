@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from conversion.pipeline import export_onnx
-from conversion.pipeline import convert_tflite
+from conversion.pipeline import convert, resolve_activations
 from runtime.bench import measure_isolated
 from training import checkpoint
 from training.model import ConvTasNet, ModelConfig, enhance
@@ -55,30 +54,34 @@ def main(argv: list[str] | None = None) -> dict:
         q = make_model(norm, True, out / f"fqse_{norm}.pt")
         f = make_model(norm, False, out / f"float_{norm}.pt")
         r: dict = {}
-        t = time.time()
-        export_onnx(q, out / f"fqse_{norm}_int8.onnx", activations="int8")
-        r["export_onnx_s"] = time.time() - t
-        export_onnx(q, out / f"fqse_{norm}_uint8.onnx", activations="uint8")
-        models = {"onnx_int8": out / f"fqse_{norm}_int8.onnx", "onnx_uint8": out / f"fqse_{norm}_uint8.onnx"}
-        export_onnx(f, out / f"float_{norm}.onnx", float_model=True)
-        models["onnx_float"] = out / f"float_{norm}.onnx"
-        if norm == "BN":
+
+        def build(ckpt: Path, name: str, target: str, **kw) -> dict:
+            """Convert, timed; a failed stage check is recorded, not fatal: random weights amplify rounding
+            differences (a trained model's checks pass), and speed does not depend on them."""
             t = time.time()
-            rep = convert_tflite(q, out / f"fqse_{norm}_int8.tflite")
-            r["convert_tflite_int8_s"] = time.time() - t
-            r["tflite_checks"] = {k: rep[k] for k in ("fully_integer", "qat_scales_kept")} | {
-                "tflite_vs_fakequant_db": rep["tflite"]["snr_db"]}
-            models["tflite_int8"] = out / f"fqse_{norm}_int8.tflite"
-        t = time.time()
-        convert_tflite(f, out / f"float_{norm}.tflite", float_model=True) if norm == "BN" else None
+            rep = convert(ckpt, out / name, target, strict=False, **kw)
+            r[f"convert_{name}_s"] = time.time() - t
+            if "check_failed" in rep:
+                r.setdefault("check_failed", {})[name] = rep["check_failed"]
+                print(f"note: {name}: stage check failed on random weights (recorded): {rep['check_failed']}")
+            return rep
+
+        build(q, f"fqse_{norm}_int8.onnx", "onnx", activations="int8")
+        build(q, f"fqse_{norm}_uint8.onnx", "onnx", activations="uint8")
+        build(f, f"float_{norm}.onnx", "onnx", float_model=True, activations=resolve_activations("auto"))
+        models = {"onnx_int8": out / f"fqse_{norm}_int8.onnx", "onnx_uint8": out / f"fqse_{norm}_uint8.onnx",
+                  "onnx_float": out / f"float_{norm}.onnx"}
         if norm == "BN":
-            r["convert_tflite_float_s"] = time.time() - t
+            rep = build(q, f"fqse_{norm}_int8.tflite", "tflite")
+            if "tflite" in rep:
+                r["tflite_checks"] = {k: rep[k] for k in ("fully_integer", "qat_scales_kept")} | {
+                    "tflite_vs_fakequant_db": rep["tflite"]["snr_db"]}
+            models["tflite_int8"] = out / f"fqse_{norm}_int8.tflite"
+            build(f, f"float_{norm}.tflite", "tflite", float_model=True)
             models["tflite_float"] = out / f"float_{norm}.tflite"
         if norm == "BN":
-            t = time.time()
-            convert_tflite(q, out / f"fqse_{norm}_int8_step16ms.tflite", step_frames=16)
-            r["convert_tflite_step_s"] = time.time() - t
-            export_onnx(q, out / f"fqse_{norm}_uint8_step16ms.onnx", step_frames=16, activations="uint8")
+            build(q, f"fqse_{norm}_int8_step16ms.tflite", "tflite", step_frames=16)
+            build(q, f"fqse_{norm}_uint8_step16ms.onnx", "onnx", step_frames=16, activations="uint8")
             for kind, threads in (("tflite", 1), ("tflite", 2), ("onnx", 1)):
                 act = "int8" if kind == "tflite" else "uint8"
                 m = measure_isolated(str(out / f"fqse_{norm}_{act}_step16ms.{kind}"), threads, 10.0, True, 16.0)

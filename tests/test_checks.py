@@ -59,3 +59,18 @@ def test_export_prints_its_stage_checks(tmp_path, demo_ckpt):
     assert report["qat_scales_kept"] is True
     assert report["onnx_graph_float"]["snr_db"] > 100 and report["onnx"]["snr_db"] > 50
     assert report["onnx"]["exact"][0] > 0.999
+
+
+def test_a_failed_stage_check_writes_nothing_unless_not_strict(tmp_path, demo_ckpt, monkeypatch):
+    """A stage check that fails stops the conversion before the write; strict=False (the full-size speed
+    benchmark of random weights) writes the model and records the failure instead."""
+    import pytest
+
+    from conversion import checks
+    from conversion.pipeline import ConversionError, convert
+    monkeypatch.setattr(checks, "MIN_SNR_ONNX_INT8", 999.0)
+    with pytest.raises(ConversionError, match="ONNX model disagrees with the torch model: .* < 999"):
+        convert(demo_ckpt, tmp_path / "a.onnx", "onnx", activations="int8")
+    assert not (tmp_path / "a.onnx").exists()
+    rep = convert(demo_ckpt, tmp_path / "b.onnx", "onnx", strict=False, activations="int8")
+    assert "< 999" in rep["check_failed"] and (tmp_path / "b.onnx").stat().st_size > 50_000
