@@ -5,6 +5,8 @@ of the deployed int8 graph has a fake quantizer here. The decoder is a 1x1 convo
 per frame followed by overlap-add (equal to ConvTranspose1d(N, 1, L, stride L/2)); its weights keep
 asteroid's [N, 1, L] layout. Model input: the splitter's S int8 code streams times 1/128; outputs:
 C tensors on the int8 grid 1/128 that the host combiner adds (y0 + y1/256).
+The forward is the network's one description: each deployed op is one `tape.op` / `layer` call, and the
+deploy graph, the bias links and PReLU snapping are read off its recording (training/tape.py).
 """
 from __future__ import annotations
 
