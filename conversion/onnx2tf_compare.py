@@ -75,13 +75,11 @@ def padded_input(pcm: np.ndarray, meta: dict[str, Any], length: int) -> np.ndarr
 
 
 def calibration_file(meta: dict[str, Any], length: int, path: Path, clips: Path = CALIBRATION_DIR) -> int:
-    """calibration_data/*.wav as the float network's input in TF layout [n, length, S] (NWC, what onnx2tf's
-    -cind wants), saved as .npy; returns n."""
-    from runtime.audio import read_audio, to_int16
-    files = sorted(clips.glob("*.wav"))
-    if not files:
-        raise Onnx2tfError(f"{clips}: no calibration clips (*.wav)")
-    data = [padded_input(to_int16(read_audio(f, meta["sample_rate"])[0]), meta, length).T for f in files]
+    """The calibration clips (conversion.ptq.calibration_audio) as the float network's input in TF layout
+    [n, length, S] (NWC, what onnx2tf's -cind wants), saved as .npy; returns n."""
+    from conversion.ptq import calibration_audio
+    from runtime.audio import to_int16
+    data = [padded_input(to_int16(w), meta, length).T for w in calibration_audio(clips, meta["sample_rate"])]
     np.save(path, np.stack(data).astype(np.float32))
     return len(data)
 
@@ -166,7 +164,8 @@ def op_stats(path: str | Path, interp: Any) -> dict[str, Any]:
 
 def sample_pairs(samples: Path = SAMPLES) -> list[tuple[Path, Path]]:
     """samples/*_noisy.wav with their *_clean.wav (samples/README.md)."""
-    pairs = [(p, p.with_name(p.name.replace("_noisy", "_clean"))) for p in sorted(samples.glob("*_noisy.wav"))]
+    from runtime.audio import noisy_clean_pairs
+    pairs = noisy_clean_pairs(samples)
     if not pairs:
         raise Onnx2tfError(f"{samples}: no *_noisy.wav / *_clean.wav pairs")
     return pairs
@@ -180,7 +179,7 @@ def quality(checkpoint: str | Path, ours: Path, theirs: Path, fmeta: dict[str, A
     import torch
     from conversion.importers import load_any
     from conversion.parity import compare, to_wave, torch_outputs
-    from runtime.audio import read_audio, to_int16
+    from runtime.audio import read_audio
     from runtime.backends import load_backend
     from runtime.metrics import si_snr, snr
     from training.quant import without_quantizers
@@ -191,7 +190,7 @@ def quality(checkpoint: str | Path, ours: Path, theirs: Path, fmeta: dict[str, A
     rows = []
     waves: dict[str, list[np.ndarray]] = collections.defaultdict(list)
     for noisy, clean in sample_pairs(samples):
-        pcm = to_int16(read_audio(noisy, sr)[0])
+        pcm = read_pcm(noisy, sr)
         ref_clean = read_audio(clean, sr)[0]
         n = min(len(pcm), len(ref_clean))
         x, xf = pipeline.pre(pcm, qmeta), pipeline.pre(pcm, fmeta)

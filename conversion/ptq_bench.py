@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from conversion import ptq
-from runtime.audio import read_audio
+from runtime.audio import noisy_clean_pairs, read_audio
 from runtime.metrics import si_snr, snr
 from training.checkpoint import load_model
 from training.model import enhance
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     fm = load_model(a.checkpoint)
     clips = ptq.calibration_audio(None, fm.cfg.sample_rate)
-    pairs = [(n, n.with_name(n.name.replace("_noisy", "_clean"))) for n in sorted((ROOT / "samples").glob("*_noisy.wav"))]
+    pairs = noisy_clean_pairs(ROOT / "samples")
     data = [(torch.from_numpy(read_audio(n, fm.cfg.sample_rate)[0])[None], read_audio(c, fm.cfg.sample_rate)[0])
             for n, c in pairs]
     with torch.no_grad():

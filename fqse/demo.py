@@ -43,7 +43,7 @@ def run_demo(out: str | Path = "artifacts/demo") -> dict:
     from conversion.parity import compare, torch_outputs
     from conversion.pipeline import convert_tflite
     from runtime import pipeline
-    from runtime.audio import read_audio, to_int16
+    from runtime.audio import noisy_clean_pairs, read_audio, to_int16
     from runtime.bench import measure
     from runtime.enhancer import Enhancer
     from runtime.metrics import si_snr
@@ -65,7 +65,7 @@ def run_demo(out: str | Path = "artifacts/demo") -> dict:
     enh_tfl = Enhancer.from_file(rep["path"])
     enh_step = Enhancer.from_file(step_rep["path"])
     enh_onnx = Enhancer.from_file(onnx_path)
-    pairs = [(p, p.with_name(p.name.replace("_noisy", "_clean"))) for p in sorted(SAMPLES.glob("*_noisy.wav"))]
+    pairs = noisy_clean_pairs(SAMPLES)
     scores: dict[str, list[float]] = {k: [] for k in ("noisy", "float", "fakequant", "onnx_int8", "tflite_int8")}
     parity: dict[str, list[float]] = {"onnx": [], "tflite": []}
     first = None

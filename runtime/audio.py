@@ -21,6 +21,11 @@ class AudioWarning(UserWarning):
     """Audio that can be processed but probably not as the caller meant (e.g. float beyond [-1, 1])."""
 
 
+def noisy_clean_pairs(folder: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """The `*_noisy.wav` files of a folder (sorted) with their `*_clean.wav` references (samples/ naming)."""
+    return [(p, p.with_name(p.name.replace("_noisy", "_clean"))) for p in sorted(Path(folder).glob("*_noisy.wav"))]
+
+
 def read_audio(path: str | os.PathLike, sample_rate: int | None = None, *, strict_rate: bool = False,
                notes: list[str] | None = None) -> tuple[np.ndarray, int]:
     """Read a file as mono float32 in [-1, 1].

@@ -77,7 +77,8 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def noisy_clean_pairs() -> list[tuple[Path, Path]]:
-    return [(p, p.with_name(p.name.replace("_noisy", "_clean"))) for p in sorted(SAMPLES.glob("*_noisy.wav"))]
+    from runtime.audio import noisy_clean_pairs as pairs
+    return pairs(SAMPLES)
 
 
 # --- independent reads of a written .tflite file (the interpreter's own tensor details, no conversion code) ---
