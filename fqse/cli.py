@@ -125,7 +125,7 @@ def _demo(a: argparse.Namespace) -> None:
 
 def _report(a: argparse.Namespace) -> None:
     from fqse.report import run_report
-    run_report(a.yaml, a.checkpoints, a.out, a.limit, baselines=a.baselines)
+    run_report(a.yaml, a.checkpoints, a.out, a.limit, baselines=a.baselines, curve_limit=a.curve_limit)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoints", nargs="+", required=True)
     s.add_argument("--out", default="artifacts/report")
     s.add_argument("--limit", type=positive_int, help="score this many test mixtures, spread evenly over the split")
+    s.add_argument("--curve-limit", type=positive_int, help="re-mix this many of them at each input SNR for the "
+                   "by-SNR tables and plots (default: all scored; the sweep costs 11 times the scoring)")
     s.add_argument("--baselines", action="store_true", help="also score RNNoise, NSNet2, DTLN and DeepFilterNet3 "
                    "(`make baselines`) and DNSMOS; SI-SNRi vs input SNR plot of all systems")
     s.set_defaults(func=_report)

@@ -23,7 +23,7 @@ def _label(cfg) -> str:
 
 
 def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | None = None,
-               baselines: bool = False) -> dict:
+               baselines: bool = False, curve_limit: int | None = None) -> dict:
     from conversion.pipeline import export_onnx
     from conversion.pipeline import ConversionError, convert_tflite
     from fqse.baselines import SR, require, seconds_per_second
@@ -32,12 +32,14 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
     from runtime.files import atomic_write
     from training.checkpoint import load_model
     from training.config import load_config
-    from training.evaluate import load_split, plot_curves, quality, snr_curve, torch_enhancer
+    from training.evaluate import load_split, plot_curves, quality, snr_curve, spread, torch_enhancer
 
     if baselines:
         require()  # a missing extra fails before anything else
     conf = load_config(yaml)
     rows = load_split(conf["dataset"]["test_dir"], limit)
+    # the by-SNR sweep re-mixes each of its mixtures at 11 SNRs: an evenly spread subset of the scored ones
+    curve_rows = spread(rows, curve_limit)
     extra, probe = _load_baselines(conf, rows) if baselines else ([], "")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,9 +51,9 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
         name = _label(model.cfg)
         models[name] = (ck, model)
         fn = torch_enhancer(model)
-        systems[name] = {"checkpoint": str(ck), **quality(fn, rows, model.cfg.sample_rate, desc=name, group="talker",
+        systems[name] = {"checkpoint": str(ck), **quality(fn, rows, model.cfg.sample_rate, desc=name,
                                                           dnsmos=baselines)}
-        curves[name] = snr_curve(fn, rows, model.cfg.sample_rate, desc=name, full=True)
+        curves[name] = snr_curve(fn, curve_rows, model.cfg.sample_rate, desc=name, full=True)
     last_ck, last = list(models.values())[-1]
     deployed = {"ONNX int8": export_onnx(last_ck, out / "model_int8.onnx")}
     try:
@@ -62,23 +64,24 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
         enh = Enhancer.from_file(path)
         fn = lambda x, e=enh: e.enhance(np.asarray(x, np.float32)) / 32768.0  # noqa: E731
         label = f"FQSE {name}"
-        systems[label] = {"model": str(path), **quality(fn, rows, enh.sr, desc=label, group="talker", dnsmos=baselines),
+        systems[label] = {"model": str(path), **quality(fn, rows, enh.sr, desc=label, dnsmos=baselines),
                           "size_kb": path.stat().st_size / 1024,
                           "s_per_s_audio_1thread": measure(str(path), 1, 4.0, False, 16.0)["s_per_s_audio"]}
-        curves[label] = snr_curve(fn, rows, enh.sr, desc=label, full=True)
+        curves[label] = snr_curve(fn, curve_rows, enh.sr, desc=label, full=True)
     for b in extra:
         label = f"{b.name} (baseline)"
-        systems[label] = {**quality(b, rows, SR, desc=label, group="talker", dnsmos=True),
+        systems[label] = {**quality(b, rows, SR, desc=label, dnsmos=True),
                           "size_kb": b.size_bytes / 1024, "s_per_s_audio_1thread": seconds_per_second(b),
                           "delay_samples": b.delay}
-        curves[label] = snr_curve(b, rows, SR, desc=label, full=True)
-    n = len(rows)
+        curves[label] = snr_curve(b, curve_rows, SR, desc=label, full=True)
+    n = len(curve_rows)
     plot_curves(curves, out / "si_snr_vs_input_snr.png", title=f"output SI-SNR vs input SNR ({n} test mixtures)")
     plot_curves(curves, out / "si_snri_vs_input_snr.png", title=f"SI-SNRi by input SNR ({n} test mixtures)",
                 key="si_snri")
     has_pesq = all("pesq" in r for r in systems.values())
     has_mos = any("dnsmos_ovrl" in r for r in systems.values())
-    lines = [f"# FQSE report\n", f"Config `{yaml}`, test split `{conf['dataset']['test_dir']}` ({len(rows)} mixtures).\n",
+    lines = [f"# FQSE report\n", f"Config `{yaml}`, test split `{conf['dataset']['test_dir']}` ({len(rows)} mixtures; "
+             f"the by-SNR tables re-mix {len(curve_rows)} of them).\n",
              "| system | SI-SNR | SI-SNRi | SDR | STOI |" + (" PESQ |" if has_pesq else "")
              + (" DNSMOS SIG / BAK / OVRL |" if has_mos else "") + " size (KB) | s per s audio (1 thread) |",
              "|---|---:|---:|---:|---:|" + ("---:|" if has_pesq else "") + ("---:|" if has_mos else "") + "---:|---:|"]
@@ -91,13 +94,13 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
         lines.append(f"| {name} | {r['si_snr']:.2f} | {r['si_snri']:.2f} | {r['sdr']:.2f} | {r['stoi']:.3f} |{pesq}{mos} {size} | {speed} |")
     if extra:
         lines += ["", _baselines_note(extra, probe)]
-    lines += _per_talker(systems)
+    lines += _per_group(systems, "talker", "test talker") + _per_group(systems, "noise_type", "noise kind")
     snrs = sorted(next(iter(curves.values())))
     for key, what in (("si_snr", "Output SI-SNR (dB)"), ("si_snri", "SI-SNRi (dB)"), ("stoi", "STOI"),
                       ("pesq", "PESQ-WB")):
         if not all(key in c[s] for c in curves.values() for s in snrs):
             continue
-        lines += ["", f"{what} by input SNR (each test mixture re-mixed at that SNR):", "",
+        lines += ["", f"{what} by input SNR ({len(curve_rows)} test mixtures, each re-mixed at that SNR):", "",
                   "| system | " + " | ".join(f"{s:+.0f} dB" for s in snrs) + " |", "|---|" + "---:|" * len(snrs)]
         if f"{key}_noisy" in next(iter(curves.values()))[snrs[0]]:
             lines.append("| noisy input | " + " | ".join(f"{next(iter(curves.values()))[s][key + '_noisy']:.2f}"
@@ -113,16 +116,16 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
     return result
 
 
-def _per_talker(systems: dict[str, dict]) -> list[str]:
-    """Markdown table: SI-SNRi of each system on each test talker."""
-    talkers = sorted({t for r in systems.values() for t in r.get("si_snri_by_talker", {})})
-    if not talkers:
+def _per_group(systems: dict[str, dict], group: str, what: str) -> list[str]:
+    """Markdown table: SI-SNRi of each system per value of a CSV column (talker, noise kind)."""
+    values = sorted({t for r in systems.values() for t in r.get(f"si_snri_by_{group}", {})})
+    if not values:
         return []
-    lines = ["", "SI-SNRi (dB) per test talker:", "", "| system | " + " | ".join(talkers) + " |",
-             "|---|" + "---:|" * len(talkers)]
+    lines = ["", f"SI-SNRi (dB) per {what}:", "", "| system | " + " | ".join(values) + " |",
+             "|---|" + "---:|" * len(values)]
     for name, r in systems.items():
-        by = r.get("si_snri_by_talker", {})
-        lines.append(f"| {name} | " + " | ".join(f"{by[t]:.2f}" if t in by else "" for t in talkers) + " |")
+        by = r.get(f"si_snri_by_{group}", {})
+        lines.append(f"| {name} | " + " | ".join(f"{by[t]:.2f}" if t in by else "" for t in values) + " |")
     return lines
 
 

@@ -6,6 +6,7 @@ import json
 import yaml
 
 from tests.conftest import ROOT, run_fqse
+from training.evaluate import load_split
 
 PRE = ROOT / "training" / "pretrained"
 
@@ -47,12 +48,18 @@ def test_segmented_eval_close_to_whole(tmp_path, tiny_data):
 def test_report_table_and_plot(tmp_path, tiny_data):
     conf = _config(tmp_path, tiny_data)
     res = run_fqse("report", "-y", str(conf), "--checkpoints", str(PRE / "demo_float_tiny.pt"),
-                   str(PRE / "demo_fqse_tiny.pt"), "--out", str(tmp_path / "r"))
+                   str(PRE / "demo_fqse_tiny.pt"), "--out", str(tmp_path / "r"), "--curve-limit", "1")
     assert res.returncode == 0, res.stderr[-1500:]
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     names = set(rep["systems"])
     assert {"float", "FQSE 8-bit fake-quant", "FQSE ONNX int8", "FQSE TFLite int8"} <= names
     fq, tfl = rep["systems"]["FQSE 8-bit fake-quant"], rep["systems"]["FQSE TFLite int8"]
     assert abs(fq["si_snr"] - tfl["si_snr"]) < 0.3  # the deployed model keeps the quality
-    assert "| FQSE TFLite int8 |" in (tmp_path / "r" / "report.md").read_text()
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| FQSE TFLite int8 |" in md
+    # the by-SNR sweep runs on the --curve-limit subset, the table on every mixture; SI-SNRi per noise kind
+    assert "mixtures; the by-SNR tables re-mix 1 of them" in md
+    kinds = {r["noise_type"] for r in load_split(str(tiny_data / "test"))}
+    by_kind = rep["systems"]["FQSE TFLite int8"]["si_snri_by_noise_type"]
+    assert set(by_kind) == kinds and "SI-SNRi (dB) per noise kind" in md
     assert (tmp_path / "r" / "si_snr_vs_input_snr.png").exists()

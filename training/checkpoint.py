@@ -123,11 +123,20 @@ def init_from_float(model: ConvTasNet, path: str | Path) -> None:
     """Load float weights (FQSE checkpoint or asteroid pytorch_model.bin) into a (QAT) model.
 
     Extra splitter channels k = 2..S of the encoder start as the first channel's weights times
-    (D/2)^(k-1), so the encoder initially sees the same signal as the float model.
+    (D/2)^(k-1), so the encoder initially sees the same signal as the float model. A checkpoint with
+    fewer blocks per repeat (X) is grown into the model (`grow_blocks`).
     """
     ck = read(path)
     if ck.get("format") == FORMAT:
         sd = dict(ck["state_dict"])
+        old = ck.get("model_config") or {}
+        if old.get("n_blocks", model.cfg.n_blocks) != model.cfg.n_blocks:
+            sd = grow_blocks(sd, model, int(old["n_blocks"]), path)
+            # a QAT model grown into the same quantization keeps its learned ranges (the new blocks' are observed)
+            keep_ranges = all(old.get(k) == getattr(model.cfg, k) for k in
+                              ("quantize", "gradient_based", "n_splitter", "n_combiner")) and model.cfg.quantize
+            if keep_ranges:
+                _load_state(model, {k: v for k, v in sd.items() if _is_quant_key(k)}, path, strict=False)
     elif "state_dict" in ck and any(k.startswith("masker.") for k in ck["state_dict"]):
         sd = asteroid_to_fqse(ck["state_dict"])
         args = ck.get("model_args", {})
@@ -147,6 +156,43 @@ def init_from_float(model: ConvTasNet, path: str | Path) -> None:
     if model.cfg.n_combiner == 2:
         with torch.no_grad():  # the residual encoder starts as the main encoder's first channel
             model.res_encoder.conv.weight.copy_(model.encoder.conv.weight[:, :1])
+
+
+GROW_GAIN = 0.05  # new blocks' residual/skip convs start at this fraction of their default init
+
+
+def grow_blocks(sd: dict, model: ConvTasNet, old_x: int, path: str | Path) -> dict:
+    """Map a state dict with `old_x` blocks per repeat onto the model's X > old_x (same R): block (r, x)
+    keeps its weights (dilation 2^x), the new blocks (x >= old_x, the longer dilations) keep their default
+    init with the residual and skip convs scaled by GROW_GAIN, so the grown network starts close to the
+    trained one (its receptive field grows as training uses the new blocks)."""
+    X, R = model.cfg.n_blocks, model.cfg.n_repeats
+    if old_x > X:
+        raise CheckpointError(f"{path}: {old_x} blocks per repeat, the config has fewer ({X}); only growing is supported")
+    out = {k: v for k, v in sd.items() if not k.startswith(("blocks.", "q_skips."))}
+    for k, v in sd.items():
+        if k.startswith("blocks."):
+            _, i, rest = k.split(".", 2)
+            r, x = divmod(int(i), old_x)
+            if r < R:
+                out[f"blocks.{r * X + x}.{rest}"] = v
+        elif k.startswith("q_skips."):  # q_skips[i - 1] quantizes the skip sum after block i
+            _, i, rest = k.split(".", 2)
+            r, x = divmod(int(i) + 1, old_x)
+            if r < R:
+                out[f"q_skips.{r * X + x - 1}.{rest}"] = v
+    with torch.no_grad():
+        for r in range(R):
+            for x in range(old_x, X):
+                block = model.blocks[r * X + x]
+                for conv in (block.res_conv.conv, block.skip_conv.conv):
+                    out.setdefault(_key(model, conv.weight), conv.weight * GROW_GAIN)
+                    out.setdefault(_key(model, conv.bias), conv.bias * GROW_GAIN)
+    return out
+
+
+def _key(model: ConvTasNet, param: torch.Tensor) -> str:
+    return next(k for k, p in model.named_parameters() if p is param)
 
 
 def _is_quant_key(k: str) -> bool:

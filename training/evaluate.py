@@ -48,10 +48,14 @@ def segmented(fn: Enhance, seg: int) -> Enhance:
 def load_split(split_dir: str, limit: int | None = None) -> list[dict]:
     """The split's rows; with `limit`, that many spread evenly over the split (as training's `max_valid`), so a
     subset still holds every talker and noise kind rather than the first talker's files."""
-    rows = read_rows(split_dir)
-    if not limit or limit >= len(rows):
+    return spread(read_rows(split_dir), limit)
+
+
+def spread(rows: list, n: int | None) -> list:
+    """`n` rows spread evenly over `rows` (all of them when n is None or not smaller)."""
+    if not n or n >= len(rows):
         return rows
-    return [rows[i] for i in np.linspace(0, len(rows) - 1, limit).astype(int)]
+    return [rows[i] for i in np.linspace(0, len(rows) - 1, n).astype(int)]
 
 
 def _read(path: str) -> np.ndarray:
@@ -80,10 +84,13 @@ def _mean(scores: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([d[k] for d in scores])) for k in scores[0]}
 
 
-def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval", group: str | None = None,
+GROUPS = ("talker", "noise_type")  # CSV columns scored separately (`fqse data` writes them)
+
+
+def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval", groups: tuple[str, ...] = GROUPS,
             dnsmos: bool = False) -> dict:
-    """Mean SI-SNR, SI-SNRi, SDR, STOI (and PESQ-WB) over the rows (whole utterances); with `group` (a CSV column
-    such as "talker"), also the mean SI-SNRi per value of that column under `si_snri_by_<group>`; with `dnsmos`,
+    """Mean SI-SNR, SI-SNRi, SDR, STOI (and PESQ-WB) over the rows (whole utterances); for each of `groups` (CSV
+    columns such as "talker") the rows have, also the mean SI-SNRi per value under `si_snri_by_<group>`; with `dnsmos`,
     DNSMOS SIG/BAK/OVRL of the output where `speechmos` is installed (fqse.baselines.dnsmos)."""
     pesq_fn = _pesq_fn()
     mos_fn = None
@@ -97,10 +104,11 @@ def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval", group: s
         if mos_fn is not None and (mos := mos_fn(est)) is not None:
             scores[-1].update(mos)
     out: dict = _mean(scores)
-    if group and all(group in r for r in rows):
-        keys = [r[group] for r in rows]
-        out[f"si_snri_by_{group}"] = {g: float(np.mean([d["si_snri"] for k, d in zip(keys, scores) if k == g]))
-                                      for g in sorted(set(keys))}
+    for group in groups:
+        if all(r.get(group) for r in rows):
+            keys = [r[group] for r in rows]
+            out[f"si_snri_by_{group}"] = {g: float(np.mean([d["si_snri"] for k, d in zip(keys, scores) if k == g]))
+                                          for g in sorted(set(keys))}
     return out
 
 
@@ -159,7 +167,7 @@ def run_eval(yaml: str, checkpoint: str, compare: list[str], json_out: str | Non
         fn = torch_enhancer(model)
         if segment:
             fn = segmented(fn, int(segment * cfg.sample_rate))
-        results[name] = quality(fn, rows, cfg.sample_rate, desc=name, group="talker")
+        results[name] = quality(fn, rows, cfg.sample_rate, desc=name)
         if plot:
             curves[name] = snr_curve(fn, rows, cfg.sample_rate, desc=name)
             results[name]["curve"] = {s: c["si_snr"] for s, c in curves[name].items()}
