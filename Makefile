@@ -9,7 +9,7 @@ $(VENV)/.installed: requirements.txt requirements-runtime.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: setup demo test espeak real-data train-real baselines onnx2tf aarch64-check
+.PHONY: setup demo test espeak real-data train-real train-real-tiny baselines onnx2tf aarch64-check
 setup: $(VENV)/.installed
 
 demo: setup
@@ -28,6 +28,11 @@ real-data: setup espeak
 	  $(VENV)/bin/fqse data --source debian --out data/real --cache data/debian-cache
 
 train-real: real-data
+	$(VENV)/bin/fqse train -y configs/real_x8_float.yml --resume
+	$(VENV)/bin/fqse train -y configs/real_x8_fqse.yml --resume
+	$(VENV)/bin/fqse train -y configs/real_x8_qat.yml --resume
+
+train-real-tiny: real-data
 	$(VENV)/bin/fqse train -y configs/real_float.yml --resume
 	$(VENV)/bin/fqse train -y configs/real_fqse.yml --resume
 	$(VENV)/bin/fqse train -y configs/real_qat.yml --resume

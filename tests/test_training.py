@@ -391,3 +391,17 @@ def test_grown_model_starts_as_the_trained_one(tmp_path):
     assert gq.blocks[12].q_res.steps.item() == 0  # a new block's ranges are observed afresh
     with pytest.raises(checkpoint.CheckpointError, match="only growing"):
         checkpoint.init_from_float(ConvTasNet(dataclasses.replace(small.cfg, n_blocks=2)), pre / "demo_float_tiny.pt")
+
+
+def test_finished_run_writes_the_last_epoch_model_only(tmp_path, tiny_data):
+    """A run that ends writes final.pt: the last epoch's weights without optimizer state (what fixed-schedule
+    configs ship); a copy of best.pt or of an earlier save would differ in its weights or epoch."""
+    import training.train as T
+    conf = load_config(_write_config(tmp_path, tiny_data))
+    conf["training"].update(epochs=2, max_steps_per_epoch=2)
+    T.train(conf, tmp_path / "work", show_progress=False)
+    final = checkpoint.read(tmp_path / "work" / "final.pt")
+    last = checkpoint.read(tmp_path / "work" / "last.pt")
+    assert "optimizer" not in final and final["epoch"] == 1 == last["train_state"]["history"][-1]["epoch"]
+    assert all(torch.equal(v, last["state_dict"][k]) for k, v in final["state_dict"].items())
+    checkpoint.load_model(tmp_path / "work" / "final.pt")

@@ -39,6 +39,17 @@ def read(path: str | Path) -> dict:
     return ck
 
 
+def model_only(src: str | Path, dst: str | Path) -> None:
+    """A model-only copy of a training checkpoint (`last.pt`: no optimizer, scheduler or RNG state), with its
+    epoch and config, written atomically: the shipped form of a run's final epoch."""
+    ck = read(src)
+    model = ConvTasNet(ModelConfig(**ck["model_config"]))
+    _load_state(model, ck["state_dict"], src, strict=True)
+    st = ck.get("train_state", {})
+    hist = st.get("history") or [{}]
+    save(dst, model, val_si_snr=hist[-1].get("val_si_snr"), epoch=hist[-1].get("epoch"), config=ck.get("config"))
+
+
 def safe_load(path: Path, allow: tuple = ()) -> Any:
     """torch.load with weights_only=True (plus the globals in `allow`): a crafted pickle is refused, never run."""
     try:
