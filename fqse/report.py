@@ -46,9 +46,11 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
     systems: dict[str, dict] = {}
     curves: dict[str, dict] = {}
     models = {}
-    for ck in checkpoints:
-        model = load_model(ck)
-        name = _label(model.cfg)
+    loaded = [(ck, load_model(ck)) for ck in checkpoints]
+    labels = [_label(m.cfg) for _, m in loaded]
+    for (ck, model), name in zip(loaded, labels):
+        if labels.count(name) > 1:  # two checkpoints of one kind (e.g. two model sizes): name them by file
+            name = f"{name} ({Path(ck).stem})"
         models[name] = (ck, model)
         fn = torch_enhancer(model)
         systems[name] = {"checkpoint": str(ck), **quality(fn, rows, model.cfg.sample_rate, desc=name,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import yaml
 
@@ -47,13 +48,15 @@ def test_segmented_eval_close_to_whole(tmp_path, tiny_data):
 
 def test_report_table_and_plot(tmp_path, tiny_data):
     conf = _config(tmp_path, tiny_data)
-    res = run_fqse("report", "-y", str(conf), "--checkpoints", str(PRE / "demo_float_tiny.pt"),
+    shutil.copy(PRE / "demo_fqse_tiny.pt", tmp_path / "other.pt")  # a second checkpoint of the same kind
+    res = run_fqse("report", "-y", str(conf), "--checkpoints", str(PRE / "demo_float_tiny.pt"), str(tmp_path / "other.pt"),
                    str(PRE / "demo_fqse_tiny.pt"), "--out", str(tmp_path / "r"), "--curve-limit", "1")
     assert res.returncode == 0, res.stderr[-1500:]
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     names = set(rep["systems"])
-    assert {"float", "FQSE 8-bit fake-quant", "FQSE ONNX int8", "FQSE TFLite int8"} <= names
-    fq, tfl = rep["systems"]["FQSE 8-bit fake-quant"], rep["systems"]["FQSE TFLite int8"]
+    fq_name = "FQSE 8-bit fake-quant (demo_fqse_tiny)"  # two of a kind are named by file, none is dropped
+    assert {"float", "FQSE 8-bit fake-quant (other)", fq_name, "FQSE ONNX int8", "FQSE TFLite int8"} <= names
+    fq, tfl = rep["systems"][fq_name], rep["systems"]["FQSE TFLite int8"]
     assert abs(fq["si_snr"] - tfl["si_snr"]) < 0.3  # the deployed model keeps the quality
     md = (tmp_path / "r" / "report.md").read_text()
     assert "| FQSE TFLite int8 |" in md
