@@ -192,18 +192,11 @@ def grow_blocks(sd: dict, model: ConvTasNet, old_x: int, path: str | Path) -> di
             r, x = divmod(int(i) + 1, old_x)
             if r < R:
                 out[f"q_skips.{r * X + x - 1}.{rest}"] = v
-    with torch.no_grad():
-        for r in range(R):
-            for x in range(old_x, X):
-                block = model.blocks[r * X + x]
-                for conv in (block.res_conv.conv, block.skip_conv.conv):
-                    out.setdefault(_key(model, conv.weight), conv.weight * GROW_GAIN)
-                    out.setdefault(_key(model, conv.bias), conv.bias * GROW_GAIN)
+    own = model.state_dict()
+    for i in (r * X + x for r in range(R) for x in range(old_x, X)):
+        for key in (f"blocks.{i}.{conv}.conv.{p}" for conv in ("res_conv", "skip_conv") for p in ("weight", "bias")):
+            out[key] = own[key] * GROW_GAIN
     return out
-
-
-def _key(model: ConvTasNet, param: torch.Tensor) -> str:
-    return next(k for k, p in model.named_parameters() if p is param)
 
 
 def _is_quant_key(k: str) -> bool:

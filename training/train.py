@@ -224,7 +224,7 @@ def train(conf: dict, work_dir: str | Path | None = None, resume: bool = False, 
             plot_history(state["history"], work / "loss_curve.png")
         if state["bad_epochs"] >= int(tr["early_stop"]):
             break
-    if rank == 0:
+    if rank == 0 and last.exists():
         checkpoint.model_only(last, work / "final.pt")  # the last epoch's model (fixed-schedule configs ship it)
     return best
 
