@@ -371,9 +371,11 @@ def test_grown_model_starts_as_the_trained_one(tmp_path):
     one's within 30 dB (measured 48.9 dB on this sample with GROW_GAIN 0.05; 29.5 dB on white noise).
     A grown QAT model keeps the learned ranges."""
     import dataclasses
+
+    import soundfile as sf
+
     from runtime.metrics import si_snr
     pre = ROOT / "training" / "pretrained"
-    import soundfile as sf
     x = torch.from_numpy(sf.read(ROOT / "samples" / "02_pink_+13dB_Carlo_noisy.wav", dtype="float32")[0])[None]
     small = checkpoint.load_model(pre / "demo_float_tiny.pt")
     torch.manual_seed(0)  # the new blocks' init
