@@ -108,6 +108,50 @@ def test_empty_data_folder_and_missing_column(tmp_path, tiny_data):
         MixDataset(bad)
 
 
+def _tone_set(folder: Path, noise_hz: list[int], speech_hz: int = 1000, n: int = 16000) -> Path:
+    """A split whose speech is a tone at speech_hz and whose row i's noise is a tone at noise_hz[i]."""
+    import soundfile as sf
+    folder.mkdir(parents=True)
+    t = np.arange(n) / 16000
+    lines = ["mixture_ID,mixture_path,source_1_path,noise_path,length"]
+    for i, f in enumerate(noise_hz):
+        s, z = 0.3 * np.sin(2 * np.pi * speech_hz * t), 0.1 * np.sin(2 * np.pi * f * t)
+        for name, x in ((f"s{i}", s), (f"n{i}", z), (f"m{i}", s + z)):
+            sf.write(folder / f"{name}.wav", x, 16000, subtype="PCM_16")
+        lines.append(f"{i},{folder}/m{i}.wav,{folder}/s{i}.wav,{folder}/n{i}.wav,{n}")
+    (folder / "mix_single.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _peak_hz(x: np.ndarray) -> float:
+    return float(np.argmax(np.abs(np.fft.rfft(x * np.hanning(len(x))))) * 16000 / len(x))
+
+
+def test_speed_and_dynamic_mix_augmentation(tmp_path):
+    noise_hz = [200 + 100 * i for i in range(8)]
+    split = _tone_set(tmp_path / "train", noise_hz)
+    items = {}
+    for speed, dyn in ((0.0, False), (0.1, True)):
+        ds = MixDataset(split, 0.5, snr_range=(0.0, 10.0), speed=speed, dynamic_mix=dyn)
+        items[speed] = [(i, *(x.numpy() for x in ds[i])) for i in range(len(ds)) for ds.epoch in range(4)]
+    for speed, rows in items.items():
+        for i, mix, clean in rows:
+            assert len(mix) == len(clean) == 8000
+            snr = 10 * np.log10(np.sum(clean ** 2) / np.sum((mix - clean) ** 2))
+            assert -0.1 < snr < 10.1  # re-mixed at the drawn SNR
+    plain = items[0.0]
+    assert {_peak_hz(c) for _, _, c in plain} == {1000.0}
+    assert all(abs(_peak_hz(m - c) - noise_hz[i]) <= 2 for i, m, c in plain)  # each row keeps its own noise
+    aug = items[0.1]
+    # speed factors 20/p for p in 18..22: the tone moves to 1000 * p / 20 Hz (900 ... 1100 in 50 Hz steps)
+    speeds = [_peak_hz(c) for _, _, c in aug]
+    assert all(min(abs(f - h) for h in (900, 950, 1000, 1050, 1100)) <= 2 for f in speeds)
+    assert len({round(f / 50) for f in speeds}) == 5
+    noises = [_peak_hz(m - c) for _, m, c in aug]
+    assert all(min(abs(f - h) for h in noise_hz) <= 2 for f in noises)  # noise of some row of the split
+    assert sum(abs(f - noise_hz[i]) > 2 for f, (i, _, _) in zip(noises, aug)) > len(aug) // 2  # mostly another's
+
+
 def test_fqse_models_quantize_every_tensor_on_integer_grid():
     torch.manual_seed(0)
     m = ConvTasNet(ModelConfig(**SMALL, norm_type="BN", causal=True, quantize=True, n_splitter=2, n_combiner=2))
@@ -393,6 +437,31 @@ def test_grown_model_starts_as_the_trained_one(tmp_path):
     assert gq.blocks[12].q_res.steps.item() == 0  # a new block's ranges are observed afresh
     with pytest.raises(checkpoint.CheckpointError, match="only growing"):
         checkpoint.init_from_float(ConvTasNet(dataclasses.replace(small.cfg, n_blocks=2)), pre / "demo_float_tiny.pt")
+
+
+def test_speed_without_augmentation_is_a_config_error(tmp_path, tiny_data):
+    import training.train as T
+    conf = load_config(_write_config(tmp_path, tiny_data))
+    conf["dataset"]["augmentation"].update(speed=0.1)  # augmentation.enabled stays false: nothing is re-mixed
+    with pytest.raises(ConfigError, match="need dataset.augmentation.enabled"):
+        T.train(conf, tmp_path / "work", show_progress=False)
+    assert not (tmp_path / "work" / "last.pt").exists()
+
+
+def test_fine_tuned_qat_model_starts_as_the_trained_one():
+    """Fine-tuning a QAT checkpoint into the same architecture and quantization keeps every weight, learned range
+    and the residual encoder, so in train mode (quantizers live) it computes what the shipped model computes. Before
+    this, ranges were observed afresh and the residual encoder reset: the first steps' loss was ~0 dB."""
+    import soundfile as sf
+    pre = ROOT / "training" / "pretrained"
+    x = torch.from_numpy(sf.read(ROOT / "samples" / "02_pink_+13dB_Carlo_noisy.wav", dtype="float32")[0])[None]
+    shipped = checkpoint.load_model(pre / "demo_fqse_tiny.pt")
+    tuned = ConvTasNet(shipped.cfg)
+    checkpoint.init_from_float(tuned, pre / "demo_fqse_tiny.pt")
+    assert torch.equal(tuned.res_encoder.conv.weight, shipped.res_encoder.conv.weight)
+    with torch.no_grad():
+        a, b = enhance(shipped, x)[0], enhance(tuned.eval().snap_prelus(), x)[0]  # as load_model does
+    assert torch.equal(a, b)
 
 
 def test_finished_run_writes_the_last_epoch_model_only(tmp_path, tiny_data):

@@ -135,19 +135,20 @@ def init_from_float(model: ConvTasNet, path: str | Path) -> None:
 
     Extra splitter channels k = 2..S of the encoder start as the first channel's weights times
     (D/2)^(k-1), so the encoder initially sees the same signal as the float model. A checkpoint with
-    fewer blocks per repeat (X) is grown into the model (`grow_blocks`).
+    fewer blocks per repeat (X) is grown into the model (`grow_blocks`). A QAT checkpoint of the same
+    quantization (fine-tuning) keeps its learned ranges and its residual encoder; otherwise ranges are observed.
     """
     ck = read(path)
+    same_quant = False
     if ck.get("format") == FORMAT:
         sd = dict(ck["state_dict"])
         old = ck.get("model_config") or {}
         if old.get("n_blocks", model.cfg.n_blocks) != model.cfg.n_blocks:
             sd = grow_blocks(sd, model, int(old["n_blocks"]), path)
-            # a QAT model grown into the same quantization keeps its learned ranges (the new blocks' are observed)
-            keep_ranges = all(old.get(k) == getattr(model.cfg, k) for k in
-                              ("quantize", "gradient_based", "n_splitter", "n_combiner")) and model.cfg.quantize
-            if keep_ranges:
-                _load_state(model, {k: v for k, v in sd.items() if _is_quant_key(k)}, path, strict=False)
+        same_quant = model.cfg.quantize and all(old.get(k) == getattr(model.cfg, k) for k in
+                                                ("quantize", "gradient_based", "n_splitter", "n_combiner"))
+        if same_quant:  # the new blocks of a grown model have no ranges yet: they are observed
+            _load_state(model, {k: v for k, v in sd.items() if _is_quant_key(k)}, path, strict=False)
     elif "state_dict" in ck and any(k.startswith("masker.") for k in ck["state_dict"]):
         sd = asteroid_to_fqse(ck["state_dict"])
         args = ck.get("model_args", {})
@@ -164,7 +165,7 @@ def init_from_float(model: ConvTasNet, path: str | Path) -> None:
         base = enc[:, :1]
         sd["encoder.conv.weight"] = torch.cat([base * (1 / 256) ** k for k in range(S)], dim=1)
     _load_state(model, sd, path, strict=False)
-    if model.cfg.n_combiner == 2:
+    if model.cfg.n_combiner == 2 and "res_encoder.conv.weight" not in sd:
         with torch.no_grad():  # the residual encoder starts as the main encoder's first channel
             model.res_encoder.conv.weight.copy_(model.encoder.conv.weight[:, :1])
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from scipy.signal import resample_poly
 from torch.utils.data import Dataset
 
 REQUIRED = ("mixture_ID", "mixture_path", "source_1_path", "noise_path", "length")
@@ -62,17 +63,29 @@ def remix(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> tuple[np.ndarr
     return mix, clean
 
 
+SPEED_DEN = 20  # speed factors are SPEED_DEN / p for whole p: steps of about 5 %
+
+
 class MixDataset(Dataset):
-    """Yields (mixture, clean) float32 segments; with `snr_range`, re-mixes at a random SNR (FQSE)."""
+    """Yields (mixture, clean) float32 segments; with `snr_range`, re-mixes at a random SNR (FQSE).
+
+    Further training augmentation (only with `snr_range`): `speed` resamples the speech by a factor drawn from
+    about [1 - speed, 1 + speed] in 5 % steps (pitch and tempo change together: new voices from few talkers);
+    `dynamic_mix` pairs each utterance with the noise of a random row of the split (new pairs every epoch)."""
 
     def __init__(self, split_dir: str | Path, segment: float | None = 3.0, sample_rate: int = 16000,
-                 snr_range: tuple[float, float] | None = None, seed: int = 0):
+                 snr_range: tuple[float, float] | None = None, seed: int = 0, speed: float = 0.0,
+                 dynamic_mix: bool = False):
         self.rows = read_rows(split_dir)
         self.seg = int(segment * sample_rate) if segment else None
         self.sr = sample_rate
         self.snr_range = snr_range
         self.seed = seed
         self.epoch = 0
+        if not 0 <= speed < 0.5:
+            raise DataError(f"speed augmentation {speed} must be in [0, 0.5)")
+        self.speed = speed
+        self.dynamic_mix = dynamic_mix
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -83,6 +96,26 @@ class MixDataset(Dataset):
             raise DataError(f"{path}: sample rate {sr} Hz, config expects {self.sr} Hz")
         return x if x.ndim == 1 else x.mean(axis=1)
 
+    def _speech(self, r: dict, start: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n samples of the row's speech from `start`, speed-perturbed when `speed` is set."""
+        p = SPEED_DEN
+        if self.speed:
+            p = int(rng.integers(round(SPEED_DEN / (1 + self.speed)), round(SPEED_DEN / (1 - self.speed)) + 1))
+        if p == SPEED_DEN:
+            return self._load(r["source_1_path"], start, start + n)
+        need = int(np.ceil(n * p / SPEED_DEN)) + 1  # source samples that resample to n
+        start = max(0, min(start, r["length"] - need))
+        x = resample_poly(self._load(r["source_1_path"], start, start + need), SPEED_DEN, p)[:n]
+        return np.pad(x, (0, n - len(x))).astype(np.float32)
+
+    def _noise(self, r: dict, start: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n samples of noise: the row's own (same crop) or, with `dynamic_mix`, a random crop of another row's."""
+        if not self.dynamic_mix:
+            return self._load(r["noise_path"], start, start + n)
+        o = self.rows[int(rng.integers(len(self.rows)))]
+        s = int(rng.integers(0, o["length"] - n)) if o["length"] > n else 0
+        return np.resize(self._load(o["noise_path"], s, s + n), n)
+
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.rows[idx]
         rng = np.random.default_rng([self.seed, self.epoch, idx])
@@ -91,12 +124,15 @@ class MixDataset(Dataset):
         if self.seg and n > self.seg:
             start = int(rng.integers(0, n - self.seg))
             stop = start + self.seg
-        clean = self._load(r["source_1_path"], start, stop)
         if self.snr_range is None:
+            clean = self._load(r["source_1_path"], start, stop)
             mix = self._load(r["mixture_path"], start, stop)
         else:
-            noise = self._load(r["noise_path"], start, stop)
-            mix, clean = remix(clean, noise, rng.uniform(*self.snr_range))
+            snr = rng.uniform(*self.snr_range)
+            aug = np.random.default_rng([self.seed, self.epoch, idx, 1])  # keeps the draws above as they were
+            length = (stop or n) - start
+            clean = self._speech(r, start, length, aug)
+            mix, clean = remix(clean, self._noise(r, start, length, aug), snr)
         if self.seg and len(clean) < self.seg:
             pad = self.seg - len(clean)
             clean, mix = np.pad(clean, (0, pad)), np.pad(mix, (0, pad))

@@ -2,7 +2,7 @@
 
 Speech: Dutch and Czech game dialogue (fillets-ng-data-nl/-cs, several voice actors) and the Asterisk
 telephony prompts (one talker per language). Noise: the game's music and sound effects, music on hold,
-babble of the split's own talkers, and the synthetic kinds of `training.datagen`. Packages are fetched
+babble of the split's other talkers, and the synthetic kinds of `training.datagen`. Packages are fetched
 with `apt-get download` + `dpkg-deb -x` (no install) into a cache, decoded to 16 kHz mono (soundfile for
 ogg/wav, ffmpeg for G.722), trimmed, cut into 2-6 s utterances (clipped clips dropped) and mixed.
 
@@ -53,11 +53,12 @@ PACKAGES = {p.name: p for p in [
 DEFAULT_PACKAGES = tuple(PACKAGES)
 
 # Talker -> split. fillets clips are named <level>-<who>-<line>: `m` (the small fish) and `v` (the big fish)
-# are each one actor per language; the minor characters have no labels and may be voiced by the main actors,
-# so Dutch minor characters go with the Dutch actors (train) and Czech ones are dropped (their actors could be
-# the Czech `v` actor of the test split). The Asterisk en and es prompts are the same talker (Allison Smith).
+# are each one actor per language; the minor characters have no labels and may be voiced by the main actors, so
+# they are dropped (None) wherever a main actor of that language is outside train. The Asterisk en and es prompts
+# are the same talker (Allison Smith). dev mirrors test: one Asterisk prompt voice and one game voice actor (a dev
+# of telephony prompts alone twice preferred models that were worse on the test's game dialogue).
 TALKER_SPLIT = {
-    "fillets-nl-m": "train", "fillets-nl-v": "train", "fillets-nl-other": "train",
+    "fillets-nl-m": "train", "fillets-nl-v": "dev", "fillets-nl-other": None,
     "fillets-cs-m": "train", "fillets-cs-v": "test", "fillets-cs-other": None,
     "asterisk-Allison": "train", "asterisk-June": "train", "asterisk-IvrvoiceRU": "dev", "asterisk-Carlo": "test",
 }
@@ -264,7 +265,7 @@ def noise_for(kind: str, n: int, rng: np.random.Generator, recordings: dict[str,
         for i in rng.choice(len(others), size=min(int(rng.integers(3, 7)), len(others)), replace=False):
             o = _segment(others[i], n, rng)
             y += o / (np.std(o) + 1e-9)
-        return y, "babble of the split's talkers"
+        return y, "babble of the split's other talkers"
     return make_noise(kind, rng, n, others), f"synthetic {kind}"
 
 
@@ -324,12 +325,12 @@ def build(out: str | Path, packages: tuple[str, ...] = DEFAULT_PACKAGES, cache: 
                 check_espeak()
                 utts += [(e[0], f"espeak-{e[1]}") for e in espeak_utterances(split, n_espeak, seed, taken,
                                                                              show_progress=show_progress)]
-            talk = [u for u, _ in utts]
             for i in tqdm(range(len(utts) * n_copies), desc=f"mix {split}", disable=not show_progress):
                 s, talker = utts[i % len(utts)]
                 kind = str(rng.choice(kinds, p=probs))
-                others = [talk[j] for j in rng.choice(len(talk), size=min(8, len(talk)), replace=False)
-                          if talk[j] is not s] or [make_noise("pink", rng, len(s), [])]
+                talk = [u for u, t in utts if t != talker]  # babble never holds the target's own voice
+                others = ([talk[j] for j in rng.choice(len(talk), size=min(8, len(talk)), replace=False)]
+                          or [make_noise("pink", rng, len(s), [])])
                 n, source = noise_for(kind, len(s), rng, recs, others)
                 mix, s16, n16 = mix_at(s, n, rng, snr_range)
                 writer.add(split, mix, s16, n16, noise_type=kind, generator="espeak-ng" if talker.startswith("espeak")
