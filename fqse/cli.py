@@ -33,7 +33,8 @@ def _train(a: argparse.Namespace) -> None:
 
 def _eval(a: argparse.Namespace) -> None:
     from training.evaluate import run_eval
-    run_eval(a.yaml, a.checkpoint, a.compare, a.json, a.plot, a.split, a.limit, a.segment)
+    split = {"test": "test_dir", "dev": "valid_dir", "train": "train_dir"}[a.split]
+    run_eval(a.yaml, a.checkpoint, a.compare, a.json, a.plot, split, a.limit, a.segment)
 
 
 def _check_suffix(path: str, ext: str) -> None:
@@ -162,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compare", nargs="*", default=[], help="more checkpoints for the curve")
     s.add_argument("--json")
     s.add_argument("--plot", help="PNG of output SI-SNR against input SNR")
-    s.add_argument("--split", default="test_dir")
+    s.add_argument("--split", default="test", choices=("test", "dev", "train"),
+                   help="the config's dataset.test_dir, valid_dir or train_dir")
     s.add_argument("--limit", type=positive_int)
     s.add_argument("--segment", type=positive_float, help="seconds: evaluate on 50%%-overlapping segments (triangular "
                    "weights) instead of whole utterances")

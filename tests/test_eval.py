@@ -35,6 +35,25 @@ def test_eval_metrics_and_curve(tmp_path, tiny_data):
     assert (tmp_path / "c.png").stat().st_size > 10_000
 
 
+def test_eval_split_dev_scores_the_dev_split(tmp_path, tiny_data):
+    """--split dev reads dataset.valid_dir (it was a KeyError); a split the config does not set is a one-line error."""
+    conf = _config(tmp_path, tiny_data)
+    c = yaml.safe_load(conf.read_text())
+    c["dataset"]["valid_dir"] = None
+    conf.write_text(yaml.safe_dump(c))
+    res = run_fqse("eval", "-y", str(conf), "--checkpoint", str(PRE / "demo_fqse_tiny.pt"), "--split", "dev")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "dataset.valid_dir is not set" in res.stderr
+    c["dataset"]["valid_dir"] = str(tiny_data / "dev")
+    conf.write_text(yaml.safe_dump(c))
+    out = {}
+    for split in ("dev", "test"):
+        res = run_fqse("eval", "-y", str(conf), "--checkpoint", str(PRE / "demo_fqse_tiny.pt"), "--split", split,
+                       "--limit", "3", "--json", str(tmp_path / f"{split}.json"))
+        assert res.returncode == 0, res.stderr[-1500:]
+        out[split] = json.loads((tmp_path / f"{split}.json").read_text())["pretrained/demo_fqse_tiny.pt"]["si_snr"]
+    assert out["dev"] != out["test"]  # different mixtures were scored
+
+
 def test_segmented_eval_close_to_whole(tmp_path, tiny_data):
     conf = _config(tmp_path, tiny_data)
     whole = run_fqse("eval", "-y", str(conf), "--checkpoint", str(PRE / "demo_fqse_tiny.pt"), "--json", str(tmp_path / "w.json"))

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from runtime.files import atomic_write
 from runtime.metrics import si_snr, snr
 from training.checkpoint import load_model
-from training.config import load_config, model_config
+from training.config import ConfigError, load_config, model_config
 from training.data import read_rows, remix
 from training.metrics import stoi
 from training.model import ConvTasNet, enhance
@@ -158,6 +158,8 @@ def run_eval(yaml: str, checkpoint: str, compare: list[str], json_out: str | Non
              split: str = "test_dir", limit: int | None = None, segment: float | None = None) -> dict:
     conf = load_config(yaml)
     cfg = model_config(conf)
+    if not conf["dataset"].get(split):
+        raise ConfigError(f"{yaml}: dataset.{split} is not set")
     rows = load_split(conf["dataset"][split], limit)
     results = {}
     curves = {}

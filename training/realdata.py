@@ -66,6 +66,7 @@ NOISE_SHARE = {"train": 0.7, "dev": 0.15, "test": 0.15}
 NOISE_MIX = {"music": 0.25, "effects": 0.2, "babble": 0.2, "white": 0.05, "pink": 0.1, "brown": 0.05,
              "hum": 0.05, "bursts": 0.1}
 MIN_S, MAX_S = 2.0, 6.0
+SET_VERSION = 2  # bump when the split rule or the mixing changes (the Makefile rebuilds an older set)
 
 
 # --- fetching ----------------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ def build(out: str | Path, packages: tuple[str, ...] = DEFAULT_PACKAGES, cache: 
         audio = {c.key: decode(c, cache) for c in tqdm(clips, desc="decode", disable=not show_progress)}
         noise_by_split = noise_split(noise)
         taken: set[str] = set()
-        manifest = {"talkers": by_split, "noise": {s: [c.key for c in cs] for s, cs in noise_by_split.items()}}
+        manifest = {"version": SET_VERSION, "talkers": by_split, "noise": {s: [c.key for c in cs] for s, cs in noise_by_split.items()}}
         for si, split in enumerate(SPLITS):
             rng = np.random.default_rng([seed, si, 7])
             utts = [(u, t) for t in by_split[split]
