@@ -89,3 +89,24 @@ def test_snap_prelu_puts_the_ratio_on_xnnpack_grid():
     assert zp_new == zp and abs(a - round(a)) < 1e-4 and round(a) % 2 == 1  # float32 range parameters
     b = prelu.weight.item() * round(a)
     assert abs(b - round(b)) < 1e-4 and round(b) % 2 == 1
+
+
+def test_jitter_moves_codes_near_a_rounding_boundary_by_one_lsb_in_training_only():
+    """jitter j moves each activation by U(-j, j) LSB before rounding: on values spread evenly over the grid a
+    share j/2 of codes flips, each by exactly one LSB; eval mode (what export writes) is untouched."""
+    torch.manual_seed(0)
+    x = torch.rand(200_000) * 4 - 1
+    for gradient_based in (True, False):
+        plain, jit = (ActQuant(gradient_based, ema_steps=1) for _ in range(2))
+        jit.jitter = 0.1
+        for q in (plain, jit):
+            q.train()
+            q.min.data.fill_(-1.0), q.max.data.fill_(3.0), q.steps.fill_(1)  # range set, observing over
+        scale = plain.qparams()[0]
+        a, b = plain(x).detach(), jit(x).detach()
+        flips = ((b - a) / scale).round()
+        assert 0.04 < (flips != 0).float().mean().item() < 0.06
+        assert flips.abs().max().item() == 1
+        plain.eval(), jit.eval()
+        assert torch.equal(plain(x), jit(x))
+    assert ActQuant(fixed=(-1.0, 127 / 128), jitter=0.1).jitter == 0  # the int8 input/output grids stay exact

@@ -14,7 +14,7 @@ from training.model import ModelConfig
 DEFAULTS: dict[str, Any] = {
     "work_dir": "work",
     "seed": 0,
-    "model": {"quantization": {"enabled": False, "gradient_based": True, "ema_steps": 50}, "model_path": None},
+    "model": {"quantization": {"enabled": False, "gradient_based": True, "ema_steps": 50, "jitter": 0.0}, "model_path": None},
     "dataset": {"train_dir": None, "valid_dir": None, "test_dir": None, "sample_rate": 16000,
                 "segment": 3.0, "augmentation": {"enabled": False, "param0": -6.0, "param1": 18.0,
                                                  "speed": 0.0, "dynamic_mix": False}},
@@ -73,6 +73,6 @@ def model_config(conf: dict) -> ModelConfig:
     kwargs["sample_rate"] = conf["dataset"].get("sample_rate", 16000)
     try:
         return ModelConfig(**kwargs, quantize=bool(q.get("enabled")), gradient_based=bool(q.get("gradient_based", True)),
-                           ema_steps=int(q.get("ema_steps", 50)))
+                           ema_steps=int(q.get("ema_steps", 50)), jitter=float(q.get("jitter", 0.0)))
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from None

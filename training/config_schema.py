@@ -52,7 +52,8 @@ SCHEMA: dict[str, Any] = {
         "norm_type": Field(str, choices=("gLN", "cLN", "BN")), "causal": Field(bool),
         "sample_rate": Field(int, 8000), "n_splitter": INT1,
         "n_combiner": Field(int, choices=(1, 2)),
-        "quantization": {"enabled": Field(bool), "gradient_based": Field(bool), "ema_steps": INT0},
+        "quantization": {"enabled": Field(bool), "gradient_based": Field(bool), "ema_steps": INT0,
+                         "jitter": Field(float, 0.0)},
         "model_path": PATH,
     },
     "dataset": {

@@ -44,6 +44,7 @@ class ModelConfig:
     quantize: bool = False
     gradient_based: bool = True
     ema_steps: int = 50
+    jitter: float = 0.0  # training only: activations move by up to this many LSBs before rounding (quant.ActQuant)
     res_gain: float = RES_GAIN  # residual-branch gain before its output quantizer (1 for imported reference models)
     encoder_bias: bool = False  # PTQ of a float model: the bias that removes the splitter's 1/256 offset
     input_gain: str = "fixed"  # "peak": offline, the runtime scales the input to full scale (imported reference models)
@@ -133,7 +134,7 @@ class QConv(nn.Module):
 def act(cfg: ModelConfig, fixed: tuple[float, float] | None = None) -> nn.Module:
     if not cfg.quantize:
         return nn.Identity()
-    return ActQuant(cfg.gradient_based, cfg.ema_steps, fixed=fixed)
+    return ActQuant(cfg.gradient_based, cfg.ema_steps, fixed=fixed, jitter=cfg.jitter)
 
 
 def layer(kind: str, module: nn.Module, x: torch.Tensor, q: nn.Module | None, out: str) -> torch.Tensor:

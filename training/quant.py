@@ -5,6 +5,8 @@
   observed for vanilla QAT. The range is nudged so that zero is exact (integer zero point).
 - WeightQuant: per-output-channel symmetric, narrow range [-127, 127], zero point 0.
 - Fixed grids (the model's int8 input and outputs, scale 1/128) use ActQuant(fixed=(-1, 127/128)).
+- jitter (training only, off by default): activations move by up to `jitter` LSBs before rounding, so the
+  network learns not to depend on a code that another kernel's requantization may round the other way.
 In eval mode both use torch's fake_quantize ops with the exported constants, so the eval model is
 exactly what export writes.
 """
@@ -48,8 +50,9 @@ class ActQuant(nn.Module):
     """Per-tensor asymmetric fake quantizer with a learned or observed range."""
 
     def __init__(self, gradient_based: bool = True, ema_steps: int = 50, alpha: float = 0.9,
-                 fixed: tuple[float, float] | None = None):
+                 fixed: tuple[float, float] | None = None, jitter: float = 0.0):
         super().__init__()
+        self.jitter = jitter if fixed is None else 0.0
         self.gradient_based = gradient_based and fixed is None
         self.ema_steps = ema_steps
         self.alpha = alpha
@@ -79,6 +82,13 @@ class ActQuant(nn.Module):
         """(scale, int8 zero point, nudged min, nudged max) as exported."""
         return qmath.act_qparams(self.min.item(), self.max.item())
 
+    def _jittered(self, x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+        """Training only: x moved by up to `jitter` LSBs (uniform), so values near a rounding boundary land on
+        either code, as another kernel's requantization arithmetic may put them (issue #14 item 4)."""
+        if not (self.training and self.jitter):
+            return x
+        return x + (self.jitter * scale * (2 * torch.rand_like(x) - 1)).detach()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
@@ -86,9 +96,10 @@ class ActQuant(nn.Module):
             self._observe(x.detach())
         if not self.training or not self.gradient_based:
             scale, zp, _, _ = self.qparams()
-            return torch.fake_quantize_per_tensor_affine(x, scale, zp, qmath.Q_MIN, qmath.Q_MAX)
+            return torch.fake_quantize_per_tensor_affine(self._jittered(x, scale), scale, zp, qmath.Q_MIN, qmath.Q_MAX)
         # the learned range, nudged as qparams() nudges it; straight-through rounding passes gradients to min and max
         scale, zp_u = qmath.nudge(self.min, self.max, rnd=round_ste)
+        x = self._jittered(x, scale)
         return qmath.dequantize(qmath.quantize(x, scale, zp_u, 0, qmath.LEVELS, rnd=round_ste), scale, zp_u)
 
 
