@@ -9,7 +9,7 @@ $(VENV)/.installed: requirements.txt requirements-runtime.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: setup demo test espeak real-data train-real train-real-aug train-real-tiny baselines onnx2tf aarch64-check
+.PHONY: setup demo test espeak real-data train-real train-real-ablation train-real-tiny baselines onnx2tf aarch64-check
 setup: $(VENV)/.installed
 
 demo: setup
@@ -24,7 +24,7 @@ espeak:
 # The real-speech set (Debian packages, ~210 MB download, 2.5 GB written) and the three models of the shipped
 # demo, each resumable: re-running continues where a killed run stopped.
 real-data: setup espeak
-	grep -qs '"version": 2,' data/real/sources.json || \
+	grep -qs '"version": 3,' data/real/sources.json || \
 	  $(VENV)/bin/fqse data --source debian --out data/real --cache data/debian-cache --overwrite
 
 train-real: real-data
@@ -32,10 +32,10 @@ train-real: real-data
 	$(VENV)/bin/fqse train -y configs/real_x8_fqse.yml --resume
 	$(VENV)/bin/fqse train -y configs/real_x8_qat.yml --resume
 
-train-real-aug: real-data
-	$(VENV)/bin/fqse train -y configs/real_aug_float.yml --resume
+train-real-ablation: real-data
+	$(VENV)/bin/fqse train -y configs/real_tuned_fqse.yml --resume
 	$(VENV)/bin/fqse train -y configs/real_aug_fqse.yml --resume
-	$(VENV)/bin/fqse train -y configs/real_aug_qat.yml --resume
+	$(VENV)/bin/fqse train -y configs/real_jitter_fqse.yml --resume
 
 train-real-tiny: real-data
 	$(VENV)/bin/fqse train -y configs/real_float.yml --resume
