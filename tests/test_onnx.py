@@ -174,12 +174,12 @@ def test_layer_norm_models_parity_and_y1(norm, norm_onnx):
 
 @pytest.mark.slow
 def test_parity_table_on_samples(demo_ckpt, tmp_path):
-    """`python -m conversion.parity CKPT` (the table behind the jitter ablation): on one sample the fake-quant SI-SNR
+    """`python -m conversion.parity_samples CKPT` (the table behind the jitter ablation): on one sample the fake-quant SI-SNR
     is the demo's own figure for it and each backend's parity sits far above its y1-dropped floor (measured 44-46 dB
     vs 20-25 dB on the shipped model); a floor computed from the full output, or parity of y0 alone, fails it."""
     import torch
 
-    from conversion.parity import on_samples
+    from conversion.parity_samples import on_samples
     from runtime.metrics import si_snr
     from training.model import enhance
     noisy, clean = noisy_clean_pairs()[0]
