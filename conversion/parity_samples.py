@@ -18,6 +18,7 @@ from runtime.files import atomic_write
 from runtime.metrics import si_snr
 from training.checkpoint import load_model
 
+
 def on_samples(checkpoint: str | Path, out: str | Path, pairs: list[tuple[Path, Path]]) -> dict[str, Any]:
     """Export and convert a QAT checkpoint, then per noisy/clean pair: SI-SNR of the fake-quant output vs clean,
     and for ONNX and TFLite the combined output's SNR against fake-quant with its "y1 dropped" floor (y1 at its

@@ -314,7 +314,8 @@ def build(out: str | Path, packages: tuple[str, ...] = DEFAULT_PACKAGES, cache: 
         audio = {c.key: decode(c, cache) for c in tqdm(clips, desc="decode", disable=not show_progress)}
         noise_by_split = noise_split(noise)
         taken: set[str] = set()
-        manifest = {"version": SET_VERSION, "talkers": by_split, "noise": {s: [c.key for c in cs] for s, cs in noise_by_split.items()}}
+        manifest = {"version": SET_VERSION, "talkers": by_split,
+                    "noise": {s: [c.key for c in cs] for s, cs in noise_by_split.items()}}
         for si, split in enumerate(SPLITS):
             rng = np.random.default_rng([seed, si, 7])
             utts = [(u, t) for t in by_split[split]
@@ -328,10 +329,12 @@ def build(out: str | Path, packages: tuple[str, ...] = DEFAULT_PACKAGES, cache: 
                 check_espeak()
                 utts += [(e[0], f"espeak-{e[1]}") for e in espeak_utterances(split, n_espeak, seed, taken,
                                                                              show_progress=show_progress)]
+            # babble never holds the target's own voice: each talker's babble is drawn from the other talkers
+            talk_besides = {t: [u for u, o in utts if o != t] for t in dict.fromkeys(t for _, t in utts)}
             for i in tqdm(range(len(utts) * n_copies), desc=f"mix {split}", disable=not show_progress):
                 s, talker = utts[i % len(utts)]
                 kind = str(rng.choice(kinds, p=probs))
-                talk = [u for u, t in utts if t != talker]  # babble never holds the target's own voice
+                talk = talk_besides[talker]
                 others = ([talk[j] for j in rng.choice(len(talk), size=min(8, len(talk)), replace=False)]
                           or [make_noise("pink", rng, len(s), [])])
                 n, source = noise_for(kind, len(s), rng, recs, others)
