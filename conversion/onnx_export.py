@@ -92,7 +92,7 @@ def graph_to_onnx(g: Graph, states: list | None = None) -> onnx.ModelProto:
 def as_uint8(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same QDQ model with uint8 activations and weights (every int8 code + 128, every int8 zero
     point + 128): the same real values, so the integer outputs equal the int8 form's + 128 exactly.
-    onnxruntime runs it as U8U8 units, its fast int8 path on x86 without VNNI; U8S8 (int8 weights) is
+    onnxruntime runs it as U8U8 units, its fast int8 path on x86 (with or without VNNI); U8S8 (int8 weights) is
     not exact there (its AVX2 kernel saturates pairs of products to int16)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -116,7 +116,7 @@ ACTIVATIONS = ("auto", "uint8", "int8")
 
 
 def resolve_activations(activations: str) -> str:
-    """"int8" (s8s8: fast on ARM and x86 with VNNI), "uint8" (u8u8: fast on x86 without VNNI; the model's
+    """"int8" (s8s8: for ARM), "uint8" (u8u8: fast on x86; the model's
     int8 boundary codes are shifted by the runtime), or "auto" (what suits this CPU,
     runtime.cpu.onnx_activations). Both forms give the same integer outputs."""
     if activations not in ACTIVATIONS:

@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "explicit state in/out (causal models)")
         if name == "export":
             s.add_argument("--activations", default="auto", choices=["auto", "uint8", "int8"],
-                           help="uint8: onnxruntime's fast path on x86 without VNNI; int8: ARM and x86 with VNNI; "
-                           "auto (default): what suits this machine's CPU. Same integer outputs either way")
+                           help="uint8: onnxruntime's fast path on x86; int8 (s8s8): ARM; "
+                           "auto (default): by this machine's CPU. Same integer outputs either way")
         s.set_defaults(func=fn)
 
     s = sub.add_parser("import", help="a checkpoint trained elsewhere (reference FQSE .pth, asteroid "
