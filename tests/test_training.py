@@ -152,6 +152,30 @@ def test_speed_and_dynamic_mix_augmentation(tmp_path):
     assert sum(abs(f - noise_hz[i]) > 2 for f, (i, _, _) in zip(noises, aug)) > len(aug) // 2  # mostly another's
 
 
+def test_eq_augmentation_is_a_zero_phase_random_gain_within_its_range(tmp_path):
+    """On a 1 kHz tone, the random EQ is a pure gain (linear phase, centred: no delay, no phase shift) drawn
+    anew per item and epoch within +-eq dB; the mixture keeps the drawn SNR (noise EQ'd on its own)."""
+    split = _tone_set(tmp_path / "train", [300, 500, 700, 900])
+    plain = MixDataset(split, None, snr_range=(0.0, 10.0))
+    ds = MixDataset(split, None, snr_range=(0.0, 10.0), eq=6.0)
+    gains = []
+    for ds.epoch in range(6):
+        plain.epoch = ds.epoch
+        for i in range(len(ds)):
+            (m0, c0), (m, c) = (tuple(x.numpy().astype(np.float64) for x in d[i]) for d in (plain, ds))
+            core = slice(100, -100)  # the FIR's half length (32) from either end sees zero padding
+            g = np.dot(c[core], c0[core]) / np.dot(c0[core], c0[core])
+            resid = c[core] - g * c0[core]
+            assert 10 * np.log10(np.sum((g * c0[core]) ** 2) / np.sum(resid ** 2)) > 40  # a gain, nothing else
+            snr, snr0 = (10 * np.log10(np.sum(a ** 2) / np.sum((b - a) ** 2)) for a, b in ((c, m), (c0, m0)))
+            assert abs(snr - snr0) < 0.05  # same drawn SNR
+            gains.append(20 * np.log10(abs(g)))
+    assert max(np.abs(gains)) <= 6.5  # within the drawn range (+ the 65-tap FIR's ripple)
+    assert np.std(gains) > 1.5  # and really drawn: U(-6, 6) at both breakpoints around 1 kHz
+    with pytest.raises(DataError, match="eq augmentation"):
+        MixDataset(split, None, snr_range=(0.0, 10.0), eq=-1)
+
+
 def test_fqse_models_quantize_every_tensor_on_integer_grid():
     torch.manual_seed(0)
     m = ConvTasNet(ModelConfig(**SMALL, norm_type="BN", causal=True, quantize=True, n_splitter=2, n_combiner=2))

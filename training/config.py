@@ -17,7 +17,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {"quantization": {"enabled": False, "gradient_based": True, "ema_steps": 50, "jitter": 0.0}, "model_path": None},
     "dataset": {"train_dir": None, "valid_dir": None, "test_dir": None, "sample_rate": 16000,
                 "segment": 3.0, "augmentation": {"enabled": False, "param0": -6.0, "param1": 18.0,
-                                                 "speed": 0.0, "dynamic_mix": False}},
+                                                 "speed": 0.0, "dynamic_mix": False, "eq": 0.0}},
     "training": {"pretrained": None, "epochs": 80, "batch_size": 6, "lr": 1e-3, "lr_patience": 5,
                  "early_stop": 30, "clip_grad": 5.0, "loss": "snr", "max_steps_per_epoch": None, "num_workers": 0,
                  "max_valid": None},

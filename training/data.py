@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from scipy.signal import resample_poly
+from scipy.signal import firwin2, resample_poly
 from torch.utils.data import Dataset
 
 REQUIRED = ("mixture_ID", "mixture_path", "source_1_path", "noise_path", "length")
@@ -64,6 +64,17 @@ def remix(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> tuple[np.ndarr
 
 
 SPEED_DEN = 20  # speed factors are SPEED_DEN / p for whole p: steps of about 5 %
+EQ_BANDS_HZ = (0, 150, 300, 600, 1200, 2400, 4800)  # breakpoints of the random EQ (then Nyquist)
+EQ_TAPS = 65  # linear phase, odd: applied centred, so the EQ adds no delay
+
+
+def random_eq(x: np.ndarray, max_db: float, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
+    """x through a random smooth EQ: gains U(-max_db, max_db) at EQ_BANDS_HZ and at Nyquist, interpolated
+    linearly in between (a linear-phase FIR from scipy's firwin2, applied without delay)."""
+    freqs = [f for f in EQ_BANDS_HZ if f < sample_rate / 2] + [sample_rate / 2]
+    gains = 10 ** (rng.uniform(-max_db, max_db, len(freqs)) / 20)
+    h = firwin2(EQ_TAPS, freqs, gains, fs=sample_rate)
+    return np.convolve(x, h, mode="same").astype(np.float32)
 
 
 class MixDataset(Dataset):
@@ -71,11 +82,13 @@ class MixDataset(Dataset):
 
     Further training augmentation (only with `snr_range`): `speed` resamples the speech by a factor drawn from
     about [1 - speed, 1 + speed] in 5 % steps (pitch and tempo change together: new voices from few talkers);
-    `dynamic_mix` pairs each utterance with the noise of a random row of the split (new pairs every epoch)."""
+    `dynamic_mix` pairs each utterance with the noise of a random row of the split (new pairs every epoch);
+    `eq` (dB) puts speech and noise each through its own random EQ (`random_eq`: other voices, microphones and
+    channels; the target is the EQ'd speech)."""
 
     def __init__(self, split_dir: str | Path, segment: float | None = 3.0, sample_rate: int = 16000,
                  snr_range: tuple[float, float] | None = None, seed: int = 0, speed: float = 0.0,
-                 dynamic_mix: bool = False):
+                 dynamic_mix: bool = False, eq: float = 0.0):
         self.rows = read_rows(split_dir)
         self.seg = int(segment * sample_rate) if segment else None
         self.sr = sample_rate
@@ -86,6 +99,9 @@ class MixDataset(Dataset):
             raise DataError(f"speed augmentation {speed} must be in [0, 0.5)")
         self.speed = speed
         self.dynamic_mix = dynamic_mix
+        if not 0 <= eq <= 20:
+            raise DataError(f"eq augmentation {eq} dB must be in [0, 20]")
+        self.eq = eq
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -132,7 +148,11 @@ class MixDataset(Dataset):
             aug = np.random.default_rng([self.seed, self.epoch, idx, 1])  # keeps the draws above as they were
             length = (stop or n) - start
             clean = self._speech(r, start, length, aug)
-            mix, clean = remix(clean, self._noise(r, start, length, aug), snr)
+            noise = self._noise(r, start, length, aug)
+            if self.eq:
+                eq = np.random.default_rng([self.seed, self.epoch, idx, 2])  # own stream: other draws unchanged
+                clean, noise = random_eq(clean, self.eq, eq, self.sr), random_eq(noise, self.eq, eq, self.sr)
+            mix, clean = remix(clean, noise, snr)
         if self.seg and len(clean) < self.seg:
             pad = self.seg - len(clean)
             clean, mix = np.pad(clean, (0, pad)), np.pad(mix, (0, pad))
