@@ -37,6 +37,12 @@ def _eval(a: argparse.Namespace) -> None:
     run_eval(a.yaml, a.checkpoint, a.compare, a.json, a.plot, split, a.limit, a.segment)
 
 
+def _average(a: argparse.Namespace) -> None:
+    from training.checkpoint import average
+    average(a.checkpoints, a.output)
+    print(f"wrote {a.output}: the average of {len(a.checkpoints)} checkpoints")
+
+
 def _check_suffix(path: str, ext: str) -> None:
     if Path(path).suffix.lower() != ext:
         from fqse.boundary import UsageError
@@ -156,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace the checkpoints in a used work dir")
     s.add_argument("--max-steps", type=positive_int)
     s.set_defaults(func=_train)
+
+    s = sub.add_parser("average", help="the uniform average of checkpoints of one architecture (model soup)")
+    s.add_argument("checkpoints", nargs="+")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=_average)
 
     s = sub.add_parser("eval", help="SI-SNR, SI-SNRi, SDR, STOI on a test split; SI-SNR vs input SNR plot")
     s.add_argument("-y", "--yaml", required=True)

@@ -500,3 +500,35 @@ def test_finished_run_writes_the_last_epoch_model_only(tmp_path, tiny_data):
     assert "optimizer" not in final and final["epoch"] == 1 == last["train_state"]["history"][-1]["epoch"]
     assert all(torch.equal(v, last["state_dict"][k]) for k, v in final["state_dict"].items())
     checkpoint.load_model(tmp_path / "work" / "final.pt")
+
+
+def test_average_of_checkpoints(tmp_path):
+    """`fqse average`: a checkpoint averaged with itself is the same model (outputs bit-exact: integer buffers
+    kept, PReLUs snapped once, at load); two runs average tensor by tensor, BN statistics included; another
+    architecture is refused in one line and nothing is written."""
+    cfg = ModelConfig(**SMALL, norm_type="BN", causal=True, quantize=True, n_splitter=2, n_combiner=2)
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = ConvTasNet(cfg).train()
+        enhance(m, torch.rand(2, 4000) - 0.5)  # quantizers initialised, BN statistics moved
+        paths.append(tmp_path / f"m{seed}.pt")
+        checkpoint.save(paths[-1], m)
+    from tests.conftest import run_fqse
+    res = run_fqse("average", str(paths[0]), str(paths[0]), "-o", str(tmp_path / "same.pt"))
+    assert res.returncode == 0, res.stderr
+    x = torch.rand(1, 4000) - 0.5
+    with torch.no_grad():
+        a, same = (enhance(checkpoint.load_model(p), x) for p in (paths[0], tmp_path / "same.pt"))
+    assert torch.equal(a, same)
+    checkpoint.average(paths, tmp_path / "avg.pt")
+    sa, sb, avg = (checkpoint.read(p)["state_dict"] for p in (*paths, tmp_path / "avg.pt"))
+    bn = [k for k in sa if k.endswith("running_var")]
+    assert bn and all(torch.allclose(avg[k], (sa[k] + sb[k]) / 2) for k in bn)
+    assert torch.allclose(avg["encoder.conv.weight"], (sa["encoder.conv.weight"] + sb["encoder.conv.weight"]) / 2)
+    other = ConvTasNet(ModelConfig(**{**SMALL, "n_blocks": 3}, norm_type="BN", causal=True, quantize=True,
+                                   n_splitter=2, n_combiner=2))
+    checkpoint.save(tmp_path / "other.pt", other)
+    res = run_fqse("average", str(paths[0]), str(tmp_path / "other.pt"), "-o", str(tmp_path / "bad.pt"))
+    assert res.returncode != 0 and "n_blocks" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.pt").exists()

@@ -50,6 +50,24 @@ def model_only(src: str | Path, dst: str | Path) -> None:
     save(dst, model, val_si_snr=hist[-1].get("val_si_snr"), epoch=hist[-1].get("epoch"), config=ck.get("config"))
 
 
+def average(paths: list[str | Path], dst: str | Path) -> None:
+    """The uniform average of checkpoints of one architecture (a "model soup" of runs fine-tuned from one
+    start): every float tensor (weights, learned ranges, BN statistics) averaged, integer buffers kept from
+    the first. Written atomically; checkpoints of different architectures are refused."""
+    if len(paths) < 2:
+        raise CheckpointError("averaging needs at least two checkpoints")
+    models = [load_model(p) for p in paths]
+    first = models[0].cfg.to_dict()
+    for p, m in zip(paths[1:], models[1:]):
+        check_config(m.cfg.to_dict(), models[0].cfg, p)
+    states = [read(p)["state_dict"] for p in paths]  # as trained (load_model snaps PReLUs; the average is snapped at load)
+    avg = {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype) if v.is_floating_point() else v
+           for k, v in states[0].items()}
+    model = ConvTasNet(ModelConfig(**first))
+    _load_state(model, avg, dst, strict=True)
+    save(dst, model, averaged_from=[str(p) for p in paths])
+
+
 def safe_load(path: Path, allow: tuple = ()) -> Any:
     """torch.load with weights_only=True (plus the globals in `allow`): a crafted pickle is refused, never run."""
     try:
