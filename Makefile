@@ -32,10 +32,14 @@ train-real: real-data
 	$(VENV)/bin/fqse train -y configs/real_x8_fqse.yml --resume
 	$(VENV)/bin/fqse train -y configs/real_x8_qat.yml --resume
 
+# Ablations: eight 3-epoch fine-tunes of the shipped real-speech FQSE model (training/pretrained/
+# demo_fqse_tiny.pt, `make train-real-tiny`), one core each in turn (~8 min each), and their average.
+SOUP := tuned_fqse tuned_fqse_seed1 aug_fqse jitter_fqse jitter_fqse_seed1 jitter4_fqse eq_fqse espeak_fqse
 train-real-ablation: real-data
-	$(VENV)/bin/fqse train -y configs/real_tuned_fqse.yml --resume
-	$(VENV)/bin/fqse train -y configs/real_aug_fqse.yml --resume
-	$(VENV)/bin/fqse train -y configs/real_jitter_fqse.yml --resume
+	grep -qs '"version": 3,' data/real_espeak/sources.json || \
+	  $(VENV)/bin/fqse data --source debian,espeak --out data/real_espeak --cache data/debian-cache --overwrite
+	for c in $(SOUP); do $(VENV)/bin/fqse train -y configs/real_$$c.yml --resume || exit 1; done
+	$(VENV)/bin/fqse average $(SOUP:%=work/real_%/final.pt) -o work/real_soup_fqse.pt
 
 train-real-tiny: real-data
 	$(VENV)/bin/fqse train -y configs/real_float.yml --resume
