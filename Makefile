@@ -64,5 +64,5 @@ test: setup espeak
 # The runtime on aarch64 under qemu-user (Debian arm64 Python + aarch64 wheels in .aarch64/, ~150 MB, about a
 # minute to build): outputs bit-identical to x86 for each backend, and the ONNX activation type chosen for ARM.
 aarch64-check: setup
-	test -x .aarch64/root/usr/bin/python3.11 || PY=$(PY) sh tools/aarch64_sysroot.sh .aarch64
+	test -f .aarch64/.complete || PY=$(PY) sh tools/aarch64_sysroot.sh .aarch64
 	$(PY) -m pytest tests/test_aarch64.py -q

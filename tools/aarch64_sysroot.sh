@@ -5,6 +5,7 @@
 set -eu
 DIR=${1:-.aarch64}
 PY=${PY:-python3}
+case $PY in */*) PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY") ;; esac  # still valid after the cd below
 command -v qemu-aarch64-static >/dev/null || apt-get install -y -qq qemu-user-static
 dpkg --print-foreign-architectures | grep -qx arm64 || { dpkg --add-architecture arm64 && apt-get update -qq; }
 mkdir -p "$DIR/debs" "$DIR/root" "$DIR/wheels" "$DIR/site"
@@ -21,4 +22,5 @@ $PY -m pip download -q --only-binary=:all: --no-deps --python-version 3.11 \
   --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 --platform manylinux_2_28_aarch64 \
   numpy==1.26.4 onnxruntime==1.23.0 soundfile==0.13.1 tqdm==4.67.1 ai-edge-litert==1.4.0 cffi flatbuffers pycparser
 for w in *.whl; do $PY -m zipfile -e "$w" ../site; done
+touch ../.complete  # `make aarch64-check` rebuilds a sysroot that lacks this (an interrupted build)
 echo "aarch64 python: qemu-aarch64-static -L $DIR/root $DIR/root/usr/bin/python3.11 (PYTHONPATH=$DIR/site)"
