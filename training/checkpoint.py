@@ -59,7 +59,10 @@ def average(paths: list[str | Path], dst: str | Path) -> None:
     models = [load_model(p) for p in paths]
     first = models[0].cfg.to_dict()
     for p, m in zip(paths[1:], models[1:]):
-        check_config(m.cfg.to_dict(), models[0].cfg, p)
+        other = m.cfg.to_dict()
+        diffs = [f"{k} {other[k]!r} vs {first[k]!r}" for k in ARCH_KEYS if other[k] != first[k]]
+        if diffs:
+            raise CheckpointError(f"{p}: another architecture than {paths[0]} ({'; '.join(diffs)}): cannot average")
     states = [read(p)["state_dict"] for p in paths]  # as trained (load_model snaps PReLUs; the average is snapped at load)
     avg = {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype) if v.is_floating_point() else v
            for k, v in states[0].items()}
