@@ -9,7 +9,7 @@ $(VENV)/.installed: requirements.txt requirements-runtime.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: setup demo test espeak real-data train-real train-real-ablation train-real-tiny baselines onnx2tf aarch64-check
+.PHONY: setup demo test espeak real-data indep-data train-real train-real-ablation train-real-tiny baselines onnx2tf aarch64-check
 setup: $(VENV)/.installed
 
 demo: setup
@@ -26,6 +26,11 @@ espeak:
 real-data: setup espeak
 	grep -qs '"version": 3,' data/real/sources.json || \
 	  $(VENV)/bin/fqse data --source debian --out data/real --cache data/debian-cache --overwrite
+
+# The independent evaluation set (training/indepeval.py: 13 talkers of recorded meeting speech from pyannote.audio's
+# source archive on PyPI, generated noise and babble; ~14 MB download, seconds to build). Never train or tune on it.
+indep-data: setup
+	test -d data/indep/wav16k/min/test || $(PY) -m training.indepeval --out data/indep --cache data/indep-cache
 
 train-real: real-data
 	$(VENV)/bin/fqse train -y configs/real_x8_float.yml --resume

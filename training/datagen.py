@@ -161,7 +161,7 @@ class SetWriter:
     A non-empty OUT is refused unless `overwrite`; a failed build leaves OUT as it was.
     """
 
-    def __init__(self, out: str | os.PathLike, overwrite: bool = False):
+    def __init__(self, out: str | os.PathLike, overwrite: bool = False, splits: tuple[str, ...] = SPLITS):
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise DataGenError(f"cannot write to {self.out}: not a folder")
@@ -173,7 +173,7 @@ class SetWriter:
         except OSError as exc:
             raise DataGenError(f"cannot write to {self.out}: {exc.strerror}") from None
         self.root = self.stage / "wav16k" / "min"
-        self.rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
+        self.rows: dict[str, list[dict]] = {s: [] for s in splits}
 
     def add(self, split: str, mix: np.ndarray, s16: np.ndarray, n16: np.ndarray, **info) -> None:
         """One mixture (int16 arrays from `mix_at`) with its CSV columns."""
