@@ -56,17 +56,12 @@ def average(paths: list[str | Path], dst: str | Path) -> None:
     the first. Written atomically; checkpoints of different architectures are refused."""
     if len(paths) < 2:
         raise CheckpointError("averaging needs at least two checkpoints")
-    models = [load_model(p) for p in paths]
-    first = models[0].cfg.to_dict()
-    for p, m in zip(paths[1:], models[1:]):
-        other = m.cfg.to_dict()
-        diffs = [f"{k} {other[k]!r} vs {first[k]!r}" for k in ARCH_KEYS if other[k] != first[k]]
-        if diffs:
-            raise CheckpointError(f"{p}: another architecture than {paths[0]} ({'; '.join(diffs)}): cannot average")
-    states = [read(p)["state_dict"] for p in paths]  # as trained (load_model snaps PReLUs; the average is snapped at load)
+    models = [load_model(paths[0], snap=False)]
+    models += [load_model(p, models[0].cfg, snap=False, against="first checkpoint") for p in paths[1:]]
+    states = [m.state_dict() for m in models]  # as trained, PReLUs unsnapped: the average is snapped at load
     avg = {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype) if v.is_floating_point() else v
            for k, v in states[0].items()}
-    model = ConvTasNet(ModelConfig(**first))
+    model = ConvTasNet(models[0].cfg)
     _load_state(model, avg, dst, strict=True)
     save(dst, model, averaged_from=[str(p) for p in paths])
 
@@ -86,16 +81,18 @@ def safe_load(path: Path, allow: tuple = ()) -> Any:
         raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).strip().splitlines()[0][:120]})") from None
 
 
-def check_config(ckpt_cfg: dict, cfg: ModelConfig, path: str | Path) -> None:
-    """Raise when the checkpoint's architecture differs from the config's."""
-    diffs = [f"{k}: checkpoint {ckpt_cfg.get(k)!r}, config {getattr(cfg, k)!r}" for k in ARCH_KEYS
+def check_config(ckpt_cfg: dict, cfg: ModelConfig, path: str | Path, against: str = "config") -> None:
+    """Raise when the checkpoint's architecture differs from `cfg` (named `against` in the message)."""
+    diffs = [f"{k}: checkpoint {ckpt_cfg.get(k)!r}, {against} {getattr(cfg, k)!r}" for k in ARCH_KEYS
              if k in ckpt_cfg and ckpt_cfg[k] != getattr(cfg, k)]
     if diffs:
-        raise CheckpointError(f"{path} does not match the config: " + "; ".join(diffs))
+        raise CheckpointError(f"{path} does not match the {against}: " + "; ".join(diffs))
 
 
-def load_model(path: str | Path, cfg: ModelConfig | None = None) -> ConvTasNet:
-    """A model from an FQSE checkpoint (its own config, checked against `cfg` when given), eval mode."""
+def load_model(path: str | Path, cfg: ModelConfig | None = None, snap: bool = True,
+               against: str = "config") -> ConvTasNet:
+    """A model from an FQSE checkpoint (its own config, checked against `cfg` when given), eval mode; `snap=False`
+    keeps the PReLUs as trained (averaging snaps once, at the next load)."""
     ck = read(path)
     if ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an FQSE checkpoint (use training.pretrained for asteroid files)")
@@ -106,10 +103,10 @@ def load_model(path: str | Path, cfg: ModelConfig | None = None) -> ConvTasNet:
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: bad model_config ({exc})") from None
     if cfg is not None:
-        check_config(ck["model_config"], cfg, path)
+        check_config(ck["model_config"], cfg, path, against)
     model = ConvTasNet(ck_cfg)
     _load_state(model, ck["state_dict"], path, strict=True)
-    return model.eval().snap_prelus()  # QAT models: PReLUs on XNNPACK's exact int8 grid (quant.snap_prelu)
+    return model.eval().snap_prelus() if snap else model.eval()  # QAT models: PReLUs on XNNPACK's exact int8 grid (quant.snap_prelu)
 
 
 def _load_state(model: ConvTasNet, state: dict, path: str | Path, strict: bool) -> None:

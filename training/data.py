@@ -150,8 +150,8 @@ class MixDataset(Dataset):
             clean = self._speech(r, start, length, aug)
             noise = self._noise(r, start, length, aug)
             if self.eq:
-                eq = np.random.default_rng([self.seed, self.epoch, idx, 2])  # own stream: other draws unchanged
-                clean, noise = random_eq(clean, self.eq, eq, self.sr), random_eq(noise, self.eq, eq, self.sr)
+                eq_rng = np.random.default_rng([self.seed, self.epoch, idx, 2])  # own stream: other draws unchanged
+                clean, noise = random_eq(clean, self.eq, eq_rng, self.sr), random_eq(noise, self.eq, eq_rng, self.sr)
             mix, clean = remix(clean, noise, snr)
         if self.seg and len(clean) < self.seg:
             pad = self.seg - len(clean)

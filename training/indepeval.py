@@ -3,9 +3,8 @@
 Speech: the single-talker stretches (>= 1.5 s, at most 6 s) of the 16 kHz meeting recordings in pyannote.audio's
 source distribution (`tests/data/*.wav`, talker labels from its RTTM files; `pip download --no-deps --no-binary
 :all: pyannote.audio==4.0.7`), English meeting speech: 30 stretches of 13 talkers (trn00, filed as trñ00.wav, is left
-out). Noise: generated kinds only (white, pink, brown,
-hum, bursts) and babble of the set's other talkers, at SNR U[-5, 15] dB. One `test` split in LibriMix's layout,
-for `fqse eval` (configs/indep_eval.yml). Reserved for evaluation: never train or tune on it.
+out). Noise: generated kinds only (white, pink, brown, hum, bursts) and babble of the set's other talkers, at SNR
+U[-5, 15] dB. One `test` split in LibriMix's layout, for `fqse eval` (configs/indep_eval.yml). Reserved for evaluation: never train or tune on it.
 Sources surveyed: docs/independent_eval_sources.md.
 """
 from __future__ import annotations
