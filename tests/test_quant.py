@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from runtime import qmath
-from training.quant import ActQuant, WeightQuant, link_input, quantize_bias, snap_prelu
+from training.grids import snap_prelu
+from training.quant import ActQuant, WeightQuant, link_input, quantize_bias
 
 
 def _observed(gradient_based: bool, steps: int = 5) -> tuple[ActQuant, torch.Tensor]:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from runtime.files import atomic_write
+from training import grids
 from training.model import ConvTasNet, ModelConfig
 
 FORMAT = "fqse-checkpoint-1"
@@ -58,7 +59,7 @@ def average(paths: list[str | Path], dst: str | Path) -> None:
         raise CheckpointError("averaging needs at least two checkpoints")
     models = [load_model(paths[0], snap=False)]
     models += [load_model(p, models[0].cfg, snap=False, against="first checkpoint") for p in paths[1:]]
-    states = [m.state_dict() for m in models]  # as trained, PReLUs unsnapped: the average is snapped at load
+    states = [m.state_dict() for m in models]  # as trained, grids unsnapped: the average is snapped at load
     avg = {k: (sum(s[k].double() for s in states) / len(states)).to(v.dtype) if v.is_floating_point() else v
            for k, v in states[0].items()}
     model = ConvTasNet(models[0].cfg)
@@ -92,7 +93,7 @@ def check_config(ckpt_cfg: dict, cfg: ModelConfig, path: str | Path, against: st
 def load_model(path: str | Path, cfg: ModelConfig | None = None, snap: bool = True,
                against: str = "config") -> ConvTasNet:
     """A model from an FQSE checkpoint (its own config, checked against `cfg` when given), eval mode; `snap=False`
-    keeps the PReLUs as trained (averaging snaps once, at the next load)."""
+    keeps the grids as trained (training/grids.py; averaging snaps once, at the next load)."""
     ck = read(path)
     if ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an FQSE checkpoint (use training.pretrained for asteroid files)")
@@ -106,7 +107,7 @@ def load_model(path: str | Path, cfg: ModelConfig | None = None, snap: bool = Tr
         check_config(ck["model_config"], cfg, path, against)
     model = ConvTasNet(ck_cfg)
     _load_state(model, ck["state_dict"], path, strict=True)
-    return model.eval().snap_prelus() if snap else model.eval()  # QAT models: PReLUs on XNNPACK's exact int8 grid (quant.snap_prelu)
+    return grids.snap_grids(model.eval()) if snap else model.eval()  # QAT models: tie-free requantization grids
 
 
 def _load_state(model: ConvTasNet, state: dict, path: str | Path, strict: bool) -> None:

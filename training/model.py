@@ -6,7 +6,7 @@ per frame followed by overlap-add (equal to ConvTranspose1d(N, 1, L, stride L/2)
 asteroid's [N, 1, L] layout. Model input: the splitter's S int8 code streams times 1/128; outputs:
 C tensors on the int8 grid 1/128 that the host combiner adds (y0 + y1/256).
 The forward is the network's one description: each deployed op is one `tape.op` / `layer` call, and the
-deploy graph, the bias links and PReLU snapping are read off its recording (training/tape.py).
+deploy graph, the bias links and the tie-free grids (training/grids.py) are read off its recording (training/tape.py).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torch import nn
 from runtime import qmath
 from runtime.pipeline import padded_length
 from training import tape
-from training.quant import ActQuant, WeightQuant, link_input, quantize_bias, snap_prelu
+from training.quant import ActQuant, WeightQuant, link_input, quantize_bias
 
 NORMS = ("gLN", "cLN", "BN")
 IO_RANGE = qmath.grid_range(qmath.IO_SCALE, 0)  # int8 grid with scale 1/128, zero point 0: [-1, 127/128]
@@ -251,16 +251,6 @@ class ConvTasNet(nn.Module):
         for step in t.steps:
             if step.kind in ("conv", "norm") and step.module is not None:
                 link_input(step.module, t.producer_quantizer(step.inputs[0]))
-
-    def snap_prelus(self) -> "ConvTasNet":
-        """Every PReLU of a QAT model onto the grid of XNNPACK's int8 LeakyReLU (quant.snap_prelu)."""
-        if not self.cfg.quantize:
-            return self
-        t, _ = self.trace()
-        for step in t.steps:
-            if step.kind == "prelu":
-                snap_prelu(step.module, t.producer_quantizer(step.inputs[0]), step.quantizer)
-        return self
 
     # --- pieces shared with export -------------------------------------------------------------------
     def decoder_float_weight(self) -> torch.Tensor:

@@ -103,34 +103,6 @@ class ActQuant(nn.Module):
         return qmath.dequantize(qmath.quantize(x, scale, zp_u, 0, qmath.LEVELS, rnd=round_ste), scale, zp_u)
 
 
-# XNNPACK's int8 LeakyReLU multiplies (x - zero point) by round(256 * ratio) for each branch (ratio: input
-# scale / output scale, times the slope below zero), then rounds the shift by 8 bits half up.
-LRELU_GRID = 256
-
-
-@torch.no_grad()
-def snap_prelu(prelu: nn.Module, q_in: "ActQuant", q_out: "ActQuant") -> None:
-    """Put a PReLU between two int8 quantizers onto the grid XNNPACK's int8 LeakyReLU computes on:
-    input scale / output scale = a/256 and slope x that = b/256, a and b odd (so no code lands on a
-    rounding tie). Then the kernel's arithmetic is exact and equals the fake-quant model's; otherwise
-    it rounds ~1 % of codes differently and the flips cascade (measured: TFLite vs fake-quant 28-31 dB
-    on the demo model). The output range moves by < 1/(2a) (a ~ 500-800 here), the zero point stays."""
-    s_in = float(np.float32(q_in.qparams()[0]))
-    s_out, zp = q_out.qparams()[:2]
-    if q_out.fixed is not None or q_out.max.item() - q_out.min.item() < qmath.MIN_RANGE:
-        return
-    ratio = LRELU_GRID * s_in / s_out
-    if not 16 <= ratio <= 32768:  # the grid would move the range by > 3 % (or XNNPACK refuses the op): leave it
-        return
-    a = 2 * round((ratio - 1) / 2) + 1
-    s_new = LRELU_GRID * s_in / a
-    lo, hi = qmath.grid_range(s_new, zp)
-    q_out.min.fill_(lo)
-    q_out.max.fill_(hi)
-    alpha = float(prelu.weight.reshape(-1)[0])
-    prelu.weight.fill_((2 * round((alpha * a - 1) / 2) + 1) / a)
-
-
 class WeightQuant(nn.Module):
     """Per-channel symmetric weight fake quantizer (narrow range, zero point 0)."""
 

@@ -1,0 +1,167 @@
+"""Requantization grids on which every int8 kernel rounds alike (applied to a QAT model at load).
+
+Each int8 op rounds acc x m to a code, with acc an integer and m its real multiplier (input scale x weight
+scale / output scale for a conv, input scale / output scale for each term of an ADD, ...). Kernels form
+acc x m differently: XNNPACK and onnxruntime in float32, TFLite's reference kernels in fixed point, the
+fake-quant model as float32 sums. Where acc x m lands within their error (~1e-5 LSB) of a half-integer,
+they round to different codes, and the flips cascade through the network (measured on a fine-tuned
+demo model: ONNX vs TFLite 54.7 dB instead of bit-exact).
+
+The cure: every multiplier m = p/q with q odd and q <= TIE_DEN. Then acc x m = (acc p)/q is never closer
+than 1/(2q) >= 4.9e-4 LSB to a half-integer, 30x the float32 error, and every kernel rounds to the one
+exact code. Scales move by < 1 % (typically 0.05 %), weight and activation codes keep their meaning.
+PReLUs have their own grid (XNNPACK's LeakyReLU computes in 1/256 steps): snap_prelu.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtime import qmath
+from training.quant import ActQuant, WeightQuant
+
+TIE_DEN = 1023  # the odd denominator bound: no code within 1/(2 x 1023) LSB of a rounding tie
+TIE_DEN_SMALL = 8191  # for conv multipliers below ~1/TIE_DEN: margin 6e-5 LSB, still 2x the float32 error
+MAX_MOVE = 0.01  # a multiplier that this grid would move by more (a near-dead channel) is left alone
+LRELU_GRID = 256  # XNNPACK's int8 LeakyReLU multiplies by round(256 x ratio), then shifts by 8 bits
+
+
+def odd_fraction(m: np.ndarray, max_den: int = TIE_DEN) -> np.ndarray:
+    """The nearest p/q to each m with q odd, q <= max_den and p a non-zero integer."""
+    m = np.asarray(m, np.float64)
+    q = np.arange(1, max_den + 1, 2, dtype=np.float64)
+    p = np.round(m[..., None] * q)
+    p = np.where(p == 0, np.sign(m[..., None]), p)
+    cand = p / q
+    k = np.abs(cand - m[..., None]).argmin(-1)
+    return np.take_along_axis(cand, k[..., None], -1)[..., 0]
+
+
+def _on_common_den(r: float, q: int = TIE_DEN) -> float:
+    """r as k/q for the fixed odd q (terms of one sum share it, so their sum has odd denominator q too)."""
+    return max(round(r * q), 1) / q
+
+
+def scale_of(q: nn.Module | None) -> float:
+    """The exported (float32) scale of an activation quantizer."""
+    return float(np.float32(q.qparams()[0]))
+
+
+def adjustable(q: nn.Module | None) -> bool:
+    return isinstance(q, ActQuant) and q.fixed is None and q.max.item() - q.min.item() >= qmath.MIN_RANGE
+
+
+@torch.no_grad()
+def set_scale(q: ActQuant, scale: float) -> None:
+    """Give an activation quantizer another scale, its zero point kept."""
+    lo, hi = qmath.grid_range(scale, q.qparams()[1])
+    q.min.fill_(lo)
+    q.max.fill_(hi)
+
+
+def _moved(new: float | np.ndarray, old: float | np.ndarray) -> np.ndarray:
+    return np.abs(np.asarray(new) / np.asarray(old) - 1) > MAX_MOVE
+
+
+def snap_sum(q_ins: list[nn.Module], q_out: nn.Module, frozen: set[int]) -> bool:
+    """ADD/SUB (and overlap-add): every input scale / output scale on k/TIE_DEN. Moves the output scale (or,
+    when that is fixed or frozen, the inputs) and the inputs not yet frozen. True when all are on it."""
+    ins = list({id(q): q for q in q_ins}.values())
+    free = [q for q in ins if adjustable(q) and id(q) not in frozen]
+    if adjustable(q_out) and id(q_out) not in frozen:
+        ref = next((q for q in ins if q not in free), ins[0])
+        s_ref, s_out = scale_of(ref), scale_of(q_out)
+        new = s_ref / _on_common_den(s_ref / s_out)
+        if _moved(new, s_out):
+            return False
+        set_scale(q_out, new)
+        free = [q for q in free if q is not ref]
+    s_out = scale_of(q_out)
+    for q in free:
+        new = s_out * _on_common_den(scale_of(q) / s_out)
+        if not _moved(new, scale_of(q)):
+            set_scale(q, new)
+    frozen.update(id(q) for q in [*ins, q_out])
+    return all(abs(scale_of(q) / s_out * TIE_DEN - round(scale_of(q) / s_out * TIE_DEN)) < 1e-3 for q in ins)
+
+
+def snap_product(q_a: nn.Module, q_b: nn.Module, q_out: nn.Module, frozen: set[int]) -> bool:
+    """MUL: input scale x input scale / output scale on an odd fraction (moves the output scale)."""
+    m = scale_of(q_a) * scale_of(q_b) / scale_of(q_out)
+    ok = adjustable(q_out) and id(q_out) not in frozen and not _moved(odd_fraction(m), m)
+    if ok:
+        set_scale(q_out, scale_of(q_a) * scale_of(q_b) / float(odd_fraction(m)))
+    frozen.update({id(q_a), id(q_b), id(q_out)})
+    return ok
+
+
+@torch.no_grad()
+def snap_weights(wq: WeightQuant, s_in: float, s_out: float, gain: float = 1.0) -> int:
+    """A conv's per-channel multipliers s_in x weight scale x gain / s_out on odd fractions (moves the learned
+    weight ranges; the int8 weight codes follow them). Returns how many channels stay off the grid."""
+    if not wq.gradient_based:
+        return wq.absmax.numel()  # vanilla QAT: the ranges are the weights' own extremes, not parameters
+    s_w = wq.scales(None).double().numpy()
+    m = np.float64(np.float32(s_in)) * s_w * gain / s_out
+    new = odd_fraction(m)
+    new = np.where(_moved(new, m), odd_fraction(m, TIE_DEN_SMALL), new)
+    ok = ~_moved(new, m)
+    s_new = np.where(ok, new * s_out / (np.float64(np.float32(s_in)) * gain), s_w)
+    wq.absmax.copy_(torch.as_tensor(qmath.weight_absmax(s_new), dtype=wq.absmax.dtype))
+    return int((~ok).sum())
+
+
+@torch.no_grad()
+def snap_prelu(prelu: nn.Module, q_in: "ActQuant", q_out: "ActQuant") -> None:
+    """Put a PReLU between two int8 quantizers onto the grid XNNPACK's int8 LeakyReLU computes on:
+    input scale / output scale = a/256 and slope x that = b/256, a and b odd (so no code lands on a
+    rounding tie). Then the kernel's arithmetic is exact and equals the fake-quant model's; otherwise
+    it rounds ~1 % of codes differently and the flips cascade (measured: TFLite vs fake-quant 28-31 dB
+    on the demo model). The output range moves by < 1/(2a) (a ~ 500-800 here), the zero point stays."""
+    s_in = scale_of(q_in)
+    s_out = q_out.qparams()[0]
+    if not adjustable(q_out):
+        return
+    ratio = LRELU_GRID * s_in / s_out
+    if not 16 <= ratio <= 32768:  # the grid would move the range by > 3 % (or XNNPACK refuses the op): leave it
+        return
+    a = 2 * round((ratio - 1) / 2) + 1
+    set_scale(q_out, LRELU_GRID * s_in / a)
+    alpha = float(prelu.weight.reshape(-1)[0])
+    prelu.weight.fill_((2 * round((alpha * a - 1) / 2) + 1) / a)
+
+
+def snap_grids(model: nn.Module) -> nn.Module:
+    """Every requantization of a QAT model (eval mode) on a tie-free grid, read off its recorded ops: sums and
+    products first (they move activation scales), then PReLUs, then conv weights (they follow the activation
+    scales). A weight quantizer shared by two convs (the decoder, reused by the residual block) is snapped
+    for the first; vanilla QAT (observed ranges) gets the PReLU grids only. Returns the model."""
+    if not model.cfg.quantize:
+        return model
+    t, _ = model.trace()
+    q_of = t.producer_quantizer
+    learned = model.cfg.gradient_based
+    frozen: set[int] = set()
+    for step in t.steps if learned else []:
+        if step.kind in ("add", "sub", "ola"):
+            snap_sum([q_of(n) for n in step.inputs], step.quantizer, frozen)
+        elif step.kind == "mul":
+            snap_product(*[q_of(n) for n in step.inputs], step.quantizer, frozen)
+    for step in t.steps:
+        if step.kind == "prelu":
+            snap_prelu(step.module, q_of(step.inputs[0]), step.quantizer)
+    done: set[int] = set()
+    for i, step in enumerate(t.steps if learned else []):
+        mod = step.module
+        if step.kind == "conv":
+            wq, gain = (mod.wq, 1.0) if mod is not None else (step.attrs["wq"], step.attrs["gain"])
+        elif step.kind == "norm" and mod.kind == "BN":
+            wq, gain = mod.wq, 1.0
+        else:
+            continue
+        q_out = step.quantizer or t.steps[i + 1].quantizer  # a fused ReLU quantizes the conv's output
+        if wq is not None and id(wq) not in done:
+            snap_weights(wq, scale_of(q_of(step.inputs[0])), scale_of(q_out), gain)
+            done.add(id(wq))
+    return model
