@@ -37,8 +37,9 @@ train-real: real-data
 	$(VENV)/bin/fqse train -y configs/real_x8_fqse.yml --resume
 	$(VENV)/bin/fqse train -y configs/real_x8_qat.yml --resume
 
-# Ablations: eight 3-epoch fine-tunes of the shipped real-speech FQSE model (training/pretrained/
-# demo_fqse_tiny.pt, `make train-real-tiny`), one core each in turn (~8 min each), and their average.
+# Ablations: eight 3-epoch fine-tunes of the base real-speech FQSE model (training/pretrained/
+# real_fqse_tiny_base.pt, `make train-real-tiny`), one core each in turn (~8 min each), and their average.
+# The jitter run (configs/real_jitter_fqse.yml) of 2026-11-29 is the shipped demo_fqse_tiny.pt.
 SOUP := tuned_fqse tuned_fqse_seed1 aug_fqse jitter_fqse jitter_fqse_seed1 jitter4_fqse eq_fqse espeak_fqse
 train-real-ablation: real-data
 	grep -qs '"version": 3,' data/real_espeak/sources.json || \
@@ -46,6 +47,8 @@ train-real-ablation: real-data
 	for c in $(SOUP); do $(VENV)/bin/fqse train -y configs/real_$$c.yml --resume || exit 1; done
 	$(VENV)/bin/fqse average $(SOUP:%=work/real_%/final.pt) -o work/real_soup_fqse.pt
 
+# The base tiny models (real_fqse -> training/pretrained/real_fqse_tiny_base.pt; float and vanilla-QAT twins ->
+# demo_{float,qat}_tiny.pt); the shipped FQSE model is its 3-epoch jitter fine-tune: `fqse train -y configs/real_jitter_fqse.yml`.
 train-real-tiny: real-data
 	$(VENV)/bin/fqse train -y configs/real_float.yml --resume
 	$(VENV)/bin/fqse train -y configs/real_fqse.yml --resume

@@ -76,7 +76,7 @@ def test_snap_weights_moves_learned_ranges_so_each_channel_multiplier_is_an_odd_
 
 @pytest.mark.parametrize("snap", [True, False])
 def test_every_arithmetic_rounds_alike_on_the_fine_tuned_model(tmp_path, monkeypatch, snap):
-    """The jitter fine-tune (training/pretrained/real_jitter_fqse.pt) is the model on which the kernels parted:
+    """The demo model (the jitter fine-tune of real_fqse_tiny_base.pt) is the model on which the kernels parted:
     unsnapped, its ONNX and TFLite int16 outputs differ (54.7 dB, measured on samples/00) and fake-quant
     departs from both. On tie-free grids, fake-quant (torch float32), onnxruntime s8s8, TFLite XNNPACK and the
     integer reference in exact arithmetic give identical int8 codes, sample for sample."""
@@ -88,7 +88,7 @@ def test_every_arithmetic_rounds_alike_on_the_fine_tuned_model(tmp_path, monkeyp
     from runtime.backends import load_backend
     from training import checkpoint
 
-    ckpt = ROOT / "training" / "pretrained" / "real_jitter_fqse.pt"
+    ckpt = ROOT / "training" / "pretrained" / "demo_fqse_tiny.pt"
     if not snap:  # the same weights, every grid as trained
         monkeypatch.setattr("conversion.importers.load_model",
                             lambda p, cfg=None: checkpoint.load_model(p, cfg, snap=False))
