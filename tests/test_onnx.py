@@ -58,13 +58,11 @@ def test_parity_with_fake_quant(demo_onnx, demo_ckpt):
         pcm = to_int16(read_audio(noisy, 16000)[0])
         x = pipeline.pre(pcm, be.meta)
         r = compare(torch_outputs(model, x), be.run(x), be.meta)
-        # Measured on the demo model: 44.4 ... 215 dB (05_white worst; 04_hum bit-exact). QLinearConv rounds a few
-        # values within ~0.003 LSB of a tie the other way than float32 fake-quant, and such flips cascade. y0
-        # stays within 1 LSB on every sample (measured max 1 LSB, 99.86 % exact at worst); y1 (weighted 1/256)
-        # then moves by up to its full range (255 LSB) to compensate a flipped y0 LSB, as the residual block is
-        # meant to, so it is judged through the combined output.
-        assert r["snr_db"] >= 42.0
-        assert r["max_lsb"][0] <= 1, (noisy.name, r["max_lsb"])
+        # Every int8 code of both outputs equals the fake-quant model's: on the tie-free grids (training/grids.py)
+        # no value lands within 4.9e-4 LSB of a rounding tie, so QLinearConv's float32 requantization and torch's
+        # float32 sums round alike. Before them: 42.0-216 dB, a few values within ~0.003 LSB of a tie flipped
+        # and cascaded (y1 then moves by up to 255 LSB to compensate a flipped y0 LSB).
+        assert r["exact"] == [1.0, 1.0], (noisy.name, r)
 
 
 def test_residual_branch_y1_is_guarded(demo_onnx, demo_ckpt):
@@ -81,9 +79,9 @@ def test_residual_branch_y1_is_guarded(demo_onnx, demo_ckpt):
         no_y1[1] = zp1
         floor = compare(ref, no_y1, be.meta)["snr_db"]
         snr_db = compare(ref, got, be.meta)["snr_db"]
-        # Measured on the demo model: floor 20.4-25.2 dB, combined 44.4-215 dB (margin >= 23.9 dB, 05_white).
-        # 15 dB above the floor means y1 removes > 97 % of the y0-only error power; an int8 flip
-        # cascade (test_parity_with_fake_quant) costs less than that.
+        # Measured on the demo model: floor 20.5 dB, combined 214 dB (bit-exact; before the tie-free grids
+        # 42.0-216). 15 dB above the floor means y1 removes > 97 % of the y0-only error power; an int8 flip
+        # cascade, as before those grids, costs less than that.
         assert snr_db >= floor + 15.0, (noisy.name, floor, snr_db)
 
 
@@ -95,7 +93,7 @@ def test_dynamic_length(demo_onnx, demo_ckpt):
         x = pipeline.pre(speech[:n], be.meta)
         y = be.run(x)
         assert y.shape == (2, x.shape[1])
-        assert compare(torch_outputs(model, x), y, be.meta)["snr_db"] >= 38.0
+        assert np.array_equal(torch_outputs(model, x), y), n  # bit-exact at any length (tie-free grids)
 
 
 def test_float_checkpoint_int8_export_is_clear_error(tmp_path):
@@ -112,11 +110,11 @@ def test_parity_cli_json(demo_onnx, demo_tflite, demo_ckpt, tmp_path):
                    "--audio", str(noisy), "--clean", str(clean), "--json", str(tmp_path / "p.json"))
     assert res.returncode == 0, res.stderr
     out = json.loads((tmp_path / "p.json").read_text())
-    assert out["models"]["onnx"]["snr_db"] >= 38
+    assert out["models"]["onnx"]["snr_db"] >= 150 and out["models"]["tflite"]["snr_db"] >= 150  # bit-exact: 214 dB
     # first sample (music at 0 dB, an unseen talker): +1.85 dB measured with the real-speech demo model
     assert out["si_snr_vs_clean"]["onnx"] > out["si_snr_vs_clean"]["noisy"] + 1
     assert set(out["si_snr_vs_clean"]) == {"noisy", "onnx", "tflite", "fakequant", "float", "intref"}
-    assert out["pairwise_snr_db"]["onnx vs fakequant"] >= 38
+    assert out["pairwise_snr_db"]["onnx vs fakequant"] >= 150
     assert out["pairwise_snr_db"]["fakequant vs float"] > 5  # int8 model is not the float model
 
 
@@ -126,9 +124,8 @@ def test_per_layer_parity_finds_first_divergence(demo_onnx, demo_ckpt):
     pcm = to_int16(read_audio(noisy_clean_pairs()[0][0], 16000)[0])
     x = pipeline.pre(pcm, OnnxBackend(demo_onnx).meta)
     rows = per_layer_onnx(model, demo_onnx, x)
-    # first conv: integer math on both sides; only float-rounding ties of the requantization may differ (1 LSB)
-    assert rows[0]["tensor"] == "enc" and rows[0]["max_lsb"] <= 1 and rows[0]["frac_differ"] < 1e-3
-    assert len(rows) > 60
+    # integer math on both sides, no rounding ties (tie-free grids): every tensor equal
+    assert rows[0]["tensor"] == "enc" and len(rows) > 60 and max(r["max_lsb"] for r in rows) == 0
     # a model whose ONNX file was made from other weights diverges at once
     model.encoder.conv.weight.data *= 1.1
     assert per_layer_onnx(model, demo_onnx, x)[0]["max_lsb"] > 1
@@ -175,8 +172,8 @@ def test_layer_norm_models_parity_and_y1(norm, norm_onnx):
 @pytest.mark.slow
 def test_parity_table_on_samples(demo_ckpt, tmp_path):
     """`python -m conversion.parity_samples CKPT` (the table behind the jitter ablation): on one sample the fake-quant SI-SNR
-    is the demo's own figure for it and each backend's parity sits far above its y1-dropped floor (measured 44-46 dB
-    vs 20-25 dB on the shipped model); a floor computed from the full output, or parity of y0 alone, fails it."""
+    is the demo's own figure for it and each backend's parity sits far above its y1-dropped floor (measured 214 dB,
+    bit-exact, vs 20.5 dB on the shipped model; 44-46 dB before the tie-free grids); a floor computed from the full output, or parity of y0 alone, fails it."""
     import torch
 
     from conversion.parity_samples import on_samples
