@@ -32,7 +32,7 @@ CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "calibration_data"
 # the other way in TF's FakeQuant graph or TFLite's kernels (0.2 % of the first conv's outputs in
 # TFLite, optimized and reference kernels alike; upstream: tensorflow issues 99072, 104605), and
 # these 1-LSB flips cascade through the TCN: measured 28.4 dB (TFLite, demo model, worst shipped
-# sample) before the PReLUs were put on XNNPACK's exact grid (quant.snap_prelu; now 45.4 dB, README
+# sample) before the PReLUs were put on XNNPACK's exact grid (grids.snap_prelu; now 45.4 dB, README
 # "Parity"), and 16.3 dB (TFLite) / 18.5 dB (TF graph) on the random full-size model, whose random
 # weights amplify flips. So the int8 stages fail only below 15 dB, which still catches a wrong lowering
 # (~0 dB); tests bound the parity on the demo model and the quality against clean speech.

@@ -1,4 +1,4 @@
-"""prelu: PReLU with one shared slope (LeakyRelu; its slope is on XNNPACK's exact grid, quant.snap_prelu)."""
+"""prelu: PReLU with one shared slope (LeakyRelu; its slope is on XNNPACK's exact grid, grids.snap_prelu)."""
 from __future__ import annotations
 
 from conversion.ops.base import OpKind, register, stateless
