@@ -28,9 +28,12 @@ real-data: setup espeak
 	  $(VENV)/bin/fqse data --source debian --out data/real --cache data/debian-cache --overwrite
 
 # The independent evaluation set (training/indepeval.py: 13 talkers of recorded meeting speech from pyannote.audio's
-# source archive on PyPI, generated noise and babble; ~14 MB download, seconds to build). Never train or tune on it.
+# source archive on PyPI, generated noise and babble; ~14 MB download, seconds to build) and its narrowband companion
+# (8 kHz studio recordings from Debian's codec2-examples, 11 MB). Never train or tune on them.
 indep-data: setup
 	test -d data/indep/wav16k/min/test || $(PY) -m training.indepeval --out data/indep --cache data/indep-cache
+	test -d data/indep_nb/wav16k/min/test || \
+	  $(PY) -m training.indepeval --source codec2 --out data/indep_nb --cache data/indep-cache
 
 train-real: real-data
 	$(VENV)/bin/fqse train -y configs/real_x8_float.yml --resume

