@@ -176,6 +176,37 @@ def test_eq_augmentation_is_a_zero_phase_random_gain_within_its_range(tmp_path):
         MixDataset(split, None, snr_range=(0.0, 10.0), eq=-1)
 
 
+def test_narrowband_augmentation_band_limits_speech_and_noise_of_a_drawn_share_of_items(tmp_path):
+    """narrowband=p puts an item's speech and noise through an 8 kHz channel with probability p (own random stream):
+    the noise's 6 kHz tone vanishes from the mixture (its 3 kHz tone and the 1 kHz speech tone stay); items not
+    drawn are the plain ones, sample for sample."""
+    import soundfile as sf
+    split = _tone_set(tmp_path / "train", [3000] * 4, speech_hz=1000)
+    t = np.arange(16000) / 16000
+    for i in range(4):
+        sf.write(split / f"n{i}.wav", 0.1 * np.sin(2 * np.pi * 3000 * t) + 0.1 * np.sin(2 * np.pi * 6000 * t), 16000,
+                 subtype="PCM_16")
+    plain = MixDataset(split, None, snr_range=(0.0, 10.0))
+    always, half = (MixDataset(split, None, snr_range=(0.0, 10.0), narrowband=p) for p in (1.0, 0.5))
+
+    def hf(x: np.ndarray) -> float:  # share of power above 4.5 kHz
+        p = np.abs(np.fft.rfft(x.astype(np.float64))) ** 2
+        return float(p[np.fft.rfftfreq(len(x), 1 / 16000) > 4500].sum() / p.sum())
+    drawn = 0
+    for ep in range(10):
+        plain.epoch = always.epoch = half.epoch = ep
+        for i in range(len(plain)):
+            (m0, c0), (m1, c1), (mh, ch) = (tuple(x.numpy() for x in d[i]) for d in (plain, always, half))
+            assert hf(m0) > 0.01 and hf(m1) < 1e-3 and hf(c1) < 1e-4  # the 6 kHz tone is gone, the speech stays
+            assert abs(np.std(c1) / np.std(c0) - 1) < 0.02
+            limited = hf(mh) < 1e-3
+            assert limited or (np.array_equal(mh, m0) and np.array_equal(ch, c0))
+            drawn += limited
+    assert 12 <= drawn <= 28  # 40 items at p = 0.5 (binomial: 5th-95th percentile 15-25)
+    with pytest.raises(DataError, match="narrowband augmentation"):
+        MixDataset(split, None, snr_range=(0.0, 10.0), narrowband=1.5)
+
+
 def test_fqse_models_quantize_every_tensor_on_integer_grid():
     torch.manual_seed(0)
     m = ConvTasNet(ModelConfig(**SMALL, norm_type="BN", causal=True, quantize=True, n_splitter=2, n_combiner=2))

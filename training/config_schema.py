@@ -60,7 +60,8 @@ SCHEMA: dict[str, Any] = {
         "train_dir": PATH, "valid_dir": PATH, "test_dir": PATH, "sample_rate": Field(int, 8000),
         "segment": Field(float, 0.1, nullable=True),
         "augmentation": {"enabled": Field(bool), "param0": Field(float), "param1": Field(float),
-                         "speed": Field(float), "dynamic_mix": Field(bool), "eq": Field(float)},
+                         "speed": Field(float), "dynamic_mix": Field(bool), "eq": Field(float),
+                         "narrowband": Field(float)},
     },
     "training": {
         "pretrained": PATH, "epochs": INT1, "batch_size": INT1, "lr": POS, "lr_patience": INT0,

@@ -77,6 +77,17 @@ def random_eq(x: np.ndarray, max_db: float, rng: np.random.Generator, sample_rat
     return np.convolve(x, h, mode="same").astype(np.float32)
 
 
+NB_RATE = 8000  # the telephone channel of `narrowband`
+
+
+def narrowband(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    """x through an 8 kHz channel: down to NB_RATE and back (scipy's polyphase filter; nothing above 4 kHz)."""
+    g = np.gcd(sample_rate, NB_RATE)
+    up, down = NB_RATE // g, sample_rate // g
+    y = resample_poly(resample_poly(x, up, down), down, up)[: len(x)]
+    return np.pad(y, (0, len(x) - len(y))).astype(np.float32)
+
+
 class MixDataset(Dataset):
     """Yields (mixture, clean) float32 segments; with `snr_range`, re-mixes at a random SNR (FQSE).
 
@@ -84,11 +95,13 @@ class MixDataset(Dataset):
     about [1 - speed, 1 + speed] in 5 % steps (pitch and tempo change together: new voices from few talkers);
     `dynamic_mix` pairs each utterance with the noise of a random row of the split (new pairs every epoch);
     `eq` (dB) puts speech and noise each through its own random EQ (`random_eq`: other voices, microphones and
-    channels; the target is the EQ'd speech)."""
+    channels; the target is the EQ'd speech); `narrowband` (a probability) puts an item's speech and noise through
+    an 8 kHz channel (`narrowband`: telephone audio, which the runtime resamples to 16 kHz; the target is the
+    band-limited speech)."""
 
     def __init__(self, split_dir: str | Path, segment: float | None = 3.0, sample_rate: int = 16000,
                  snr_range: tuple[float, float] | None = None, seed: int = 0, speed: float = 0.0,
-                 dynamic_mix: bool = False, eq: float = 0.0):
+                 dynamic_mix: bool = False, eq: float = 0.0, narrowband: float = 0.0):
         self.rows = read_rows(split_dir)
         self.seg = int(segment * sample_rate) if segment else None
         self.sr = sample_rate
@@ -102,6 +115,9 @@ class MixDataset(Dataset):
         if not 0 <= eq <= 20:
             raise DataError(f"eq augmentation {eq} dB must be in [0, 20]")
         self.eq = eq
+        if not 0 <= narrowband <= 1:
+            raise DataError(f"narrowband augmentation {narrowband} must be a probability in [0, 1]")
+        self.narrowband = narrowband
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -152,6 +168,8 @@ class MixDataset(Dataset):
             if self.eq:
                 eq_rng = np.random.default_rng([self.seed, self.epoch, idx, 2])  # own stream: other draws unchanged
                 clean, noise = random_eq(clean, self.eq, eq_rng, self.sr), random_eq(noise, self.eq, eq_rng, self.sr)
+            if self.narrowband and np.random.default_rng([self.seed, self.epoch, idx, 3]).random() < self.narrowband:
+                clean, noise = narrowband(clean, self.sr), narrowband(noise, self.sr)
             mix, clean = remix(clean, noise, snr)
         if self.seg and len(clean) < self.seg:
             pad = self.seg - len(clean)

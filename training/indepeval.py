@@ -25,6 +25,7 @@ import soundfile as sf
 
 from scipy.signal import resample_poly
 
+from training.data import NB_RATE
 from training.datagen import SAMPLE_RATE, DataGenError, SetWriter, make_noise, mix_at
 
 SDIST = "pyannote.audio==4.0.7"
@@ -34,7 +35,6 @@ CODEC2 = "codec2-examples"
 # its clean studio speech (s16le, 8 kHz): not hts1a/hts2a (the first halves of hts1/hts2), hts (a concatenation),
 # f2400/m2400 (codec outputs), cq_ref/g3plx/vk5qi/ve9qrp (HF radio)
 CODEC2_CLIPS = ("hts1", "hts2", "kristoff", "mmt1", "cross", "big_dog", "forig", "morig")
-NB_RATE = 8000
 
 
 def fetch_sdist(cache: Path) -> Path:

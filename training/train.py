@@ -128,11 +128,12 @@ def train(conf: dict, work_dir: str | Path | None = None, resume: bool = False, 
         raise ConfigError("dataset.train_dir and dataset.valid_dir must be set")
     aug = ds_conf["augmentation"]
     snr_range = (float(aug["param0"]), float(aug["param1"])) if aug.get("enabled") else None
-    if snr_range is None and (aug["speed"] or aug["dynamic_mix"] or aug["eq"]):
-        raise ConfigError("dataset.augmentation.speed, .dynamic_mix and .eq re-mix the data: they need "
+    if snr_range is None and (aug["speed"] or aug["dynamic_mix"] or aug["eq"] or aug["narrowband"]):
+        raise ConfigError("dataset.augmentation.speed, .dynamic_mix, .eq and .narrowband re-mix the data: they need "
                           "dataset.augmentation.enabled: true")
     train_ds = MixDataset(ds_conf["train_dir"], ds_conf["segment"], cfg.sample_rate, snr_range, seed,
-                          speed=float(aug["speed"]), dynamic_mix=bool(aug["dynamic_mix"]), eq=float(aug["eq"]))
+                          speed=float(aug["speed"]), dynamic_mix=bool(aug["dynamic_mix"]), eq=float(aug["eq"]),
+                          narrowband=float(aug["narrowband"]))
     val_ds = MixDataset(ds_conf["valid_dir"], None, cfg.sample_rate)
     if tr.get("max_valid"):  # a fixed, evenly spread subset of the dev split (validation time per epoch)
         idx = np.linspace(0, len(val_ds.rows) - 1, min(int(tr["max_valid"]), len(val_ds.rows))).astype(int)
