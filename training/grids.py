@@ -49,6 +49,7 @@ def scale_of(q: nn.Module | None) -> float:
 
 
 def adjustable(q: nn.Module | None) -> bool:
+    """A learned or observed activation quantizer (not a fixed I/O grid, not a degenerate range)."""
     return isinstance(q, ActQuant) and q.fixed is None and q.max.item() - q.min.item() >= qmath.MIN_RANGE
 
 
