@@ -2,9 +2,9 @@
 
 Each int8 op rounds acc x m to a code, with acc an integer and m its real multiplier (input scale x weight
 scale / output scale for a conv, input scale / output scale for each term of an ADD, ...). Kernels form
-acc x m differently: XNNPACK and onnxruntime in float32, the fake-quant model as float32 sums. Where acc x m lands within their error (~1e-5 LSB) of a half-integer,
-they round to different codes, and the flips cascade through the network (measured on a fine-tuned
-demo model: ONNX vs TFLite 54.7 dB instead of bit-exact).
+acc x m differently: XNNPACK and onnxruntime in float32, the fake-quant model as float32 sums. Where acc x m
+lands within their error (~1e-5 LSB) of a half-integer, they round to different codes, and the flips cascade
+through the network (measured on a fine-tuned demo model: ONNX vs TFLite 54.7 dB instead of bit-exact).
 
 The cure: every multiplier m = p/q with q odd and q <= TIE_DEN. Then acc x m = (acc p)/q is never closer
 than 1/(2q) >= 4.9e-4 LSB to a half-integer, 30x the float32 error, and every kernel rounds to the one
@@ -107,7 +107,8 @@ def snap_weights(wq: WeightQuant, s_in: float, s_out: float, gain: float = 1.0) 
     s_w = wq.scales(None).double().numpy()
     m = np.float64(np.float32(s_in)) * s_w * gain / s_out
     new = odd_fraction(m)
-    new = np.where(_moved(new, m), odd_fraction(m, TIE_DEN_SMALL), new)
+    far = _moved(new, m)
+    new[far] = odd_fraction(m[far], TIE_DEN_SMALL)  # the finer grid only where the coarse one moves too far
     ok = ~_moved(new, m)
     s_new = np.where(ok, new * s_out / (np.float64(np.float32(s_in)) * gain), s_w)
     wq.absmax.copy_(torch.as_tensor(qmath.weight_absmax(s_new), dtype=wq.absmax.dtype))

@@ -120,6 +120,7 @@ def build(out: str | Path, cache: str | Path = "data/indep-cache", seed: int = 0
     nb = source == "codec2"
     clips = codec2_clips(Path(cache)) if nb else pyannote_clips(Path(cache))
     copies = len(KINDS) if nb else COPIES
+    up = SAMPLE_RATE // NB_RATE  # codec2's 8 kHz to the set's 16 kHz
     rng = np.random.default_rng([seed, 11] if not nb else [seed, 12])
     writer = SetWriter(out, overwrite, splits=("test",))
     try:
@@ -128,14 +129,13 @@ def build(out: str | Path, cache: str | Path = "data/indep-cache", seed: int = 0
             j, c = i % len(clips), i // len(clips)  # clip, copy: each copy of a clip meets another kind (codec2: all)
             kind = KINDS[(j + c * (1 if nb else len(clips) + 1)) % len(KINDS)]
             others = [c for o, c in clips if o != spk]
-            noise = make_noise(kind, rng, len(s) * (2 if nb else 1), others)
+            noise = make_noise(kind, rng, len(s) * (up if nb else 1), others)
             if nb:  # the noise through the same 8 kHz channel as the speech
-                noise = resample_poly(noise, 1, 2)[: len(s)] if kind != "babble" else np.resize(noise, len(s))
+                noise = resample_poly(noise, 1, up)[: len(s)] if kind != "babble" else np.resize(noise, len(s))
             mix, s16, n16 = mix_at(s, noise, rng, (-5.0, 15.0))
             if nb:  # to 16 kHz, as the runtime resamples an 8 kHz file; mixture = speech + noise kept exactly
-                up = [np.round(np.clip(resample_poly(v / 32768, 2, 1), -1, 32767 / 32768) * 32768).astype(np.int16)
-                      for v in (s16, n16)]
-                s16, n16 = up
+                s16, n16 = (np.round(np.clip(resample_poly(v / 32768, up, 1), -1, 32767 / 32768) * 32768)
+                            .astype(np.int16) for v in (s16, n16))
                 mix = (s16.astype(np.int32) + n16).clip(-32768, 32767).astype(np.int16)
             writer.add("test", mix, s16, n16, noise_type=kind, talker=spk,
                        generator="codec2-examples-8k" if nb else "pyannote-sdist")
