@@ -106,3 +106,50 @@ def test_every_arithmetic_rounds_alike_on_the_fine_tuned_model(tmp_path, monkeyp
     codes["exact"] = intref_outputs(tfl, x, exact=True)
     same = all(np.array_equal(codes["onnx"], c) for c in codes.values())
     assert same == snap, {k: int((c != codes["onnx"]).sum()) for k, c in codes.items()}
+
+
+def test_residual_decoder_multipliers_get_an_odd_denominator_too():
+    """y1's decoder reuses y0's weight scales: its multipliers are y0's times R = gain s_err s_frames /
+    (s_masked s_res_frames). The demo model trained to R = 0.747 (no odd denominator: ties possible); snapped,
+    R = 4/5 with each scale moved < RES_MAX_MOVE, the SUB and overlap-add grids kept."""
+    from training import checkpoint
+    ckpt = ROOT / "training" / "pretrained" / "demo_fqse_tiny.pt"
+    ratios, scales = {}, {}
+    for snap in (False, True):
+        m = checkpoint.load_model(ckpt, snap=snap).eval()
+        s = {k: np.float64(grids.scale_of(getattr(m, k)))
+             for k in ("q_masked", "q_err", "q_frames", "q_res_frames", "q_out", "q_res_enc")}
+        ratios[snap] = m.cfg.res_gain * s["q_err"] * s["q_frames"] / (s["q_masked"] * s["q_res_frames"])
+        scales[snap] = s
+    odd_den = lambda r: next((w for w in range(1, grids.RES_MAX_DEN + 1, 2) if abs(r * w - round(r * w)) < 1e-6), None)  # noqa: E731
+    assert odd_den(ratios[False]) is None and odd_den(ratios[True]) == 5
+    s = scales[True]
+    for num, den in (("q_masked", "q_err"), ("q_res_enc", "q_err"), ("q_frames", "q_out"), ("q_res_frames", "q_out")):
+        k = s[num] / s[den] * grids.TIE_DEN
+        assert abs(k - round(k)) < 1e-3, (num, den)
+    assert max(abs(scales[True][k] / scales[False][k] - 1) for k in s) < grids.RES_MAX_MOVE
+
+
+@pytest.mark.slow
+def test_full_size_model_deploys_code_for_code(tmp_path):
+    """The full-size model (random weights, trained-like ranges; python -m conversion.fullsize) was where three
+    gaps showed (fake-quant vs ONNX/TFLite 20.2 dB): the PReLU grid's ties at x - zp = +-128, a weight 2e-6 LSB
+    from a tie that torch's fake_quantize and export rounded apart, and the residual decoder's multipliers
+    (73.9 dB on this sample). Now onnxruntime gives the fake-quant model's int8 codes exactly."""
+    import soundfile as sf
+
+    from conversion.fullsize import make_model
+    from conversion.parity import torch_outputs
+    from conversion.pipeline import export_onnx
+    from runtime import pipeline
+    from runtime.backends import load_backend
+    from training import checkpoint
+
+    torch.set_num_threads(1)
+    ckpt = make_model("BN", True, tmp_path / "full.pt")
+    onnx = export_onnx(ckpt, tmp_path / "m.onnx", activations="int8")
+    pcm = sf.read(ROOT / "samples" / "02_pink_+13dB_Carlo_noisy.wav", dtype="int16")[0]
+    be = load_backend(onnx)
+    x = pipeline.pre(pcm, be.meta)
+    got, ref = be.run(x), torch_outputs(checkpoint.load_model(ckpt), x)
+    assert np.array_equal(got, ref), int((got != ref).sum())

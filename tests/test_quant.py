@@ -37,6 +37,21 @@ def test_weightquant_train_eval_and_export_agree_bit_for_bit():
         assert torch.equal(s, qmath.weight_scales(w.abs().amax(dim=(1, 2))).float())
 
 
+def test_eval_weights_are_the_exported_codes_even_next_to_a_rounding_tie():
+    """Weights a few ulp from k + 1/2 LSB (a snapped scale puts some there): the eval model must use the codes
+    export writes. torch's fake_quantize multiplies by 1/scale and rounded a weight at 34.5000018 LSB to 35
+    where export's division gave 34 (full-size model: bit-exact deployment lost, 22 dB)."""
+    torch.manual_seed(0)
+    wq = WeightQuant(4, 0, True)
+    wq.absmax.data.copy_(torch.tensor([0.7, 1.3, 0.02, 2.9]))
+    wq.initialized.fill_(True)
+    wq.eval()
+    s = wq.scales(None)
+    k = torch.randint(-126, 126, (4, 64, 8)).float()
+    w = (k + 0.5 + torch.randint(-6, 7, k.shape) * 1e-6) * s[:, None, None]
+    assert torch.equal(wq(w), wq.int_weights(w).float() * s[:, None, None])
+
+
 def test_gradient_based_actquant_learns_its_range_through_the_rounding():
     q, x = _observed(True)
     assert q.steps == 3  # observed for ema_steps, then learned
@@ -77,19 +92,35 @@ def test_bias_follows_its_input_quantizer():
     assert conv.in_quant is q and "in_quant" not in dict(conv.named_modules())
 
 
-def test_snap_prelu_puts_the_ratio_on_xnnpack_grid():
-    q_in, _ = _observed(True)
-    q_out = ActQuant()
-    q_out.min.data.fill_(-0.3)
-    q_out.max.data.fill_(2.0)
-    prelu = nn.PReLU(1, 0.2)
-    zp = q_out.qparams()[1]
-    snap_prelu(prelu, q_in, q_out)
-    s_out, zp_new, nmin, nmax = q_out.qparams()
-    a = 256 * float(np.float32(q_in.qparams()[0])) / s_out
-    assert zp_new == zp and abs(a - round(a)) < 1e-4 and round(a) % 2 == 1  # float32 range parameters
-    b = prelu.weight.item() * round(a)
-    assert abs(b - round(b)) < 1e-4 and round(b) % 2 == 1
+def test_snap_prelu_makes_xnnpack_exact_and_fake_quant_round_every_code_alike():
+    """XNNPACK's int8 LeakyReLU: A = round(256 s_in/s_out), B = round(256 alpha s_in/s_out) from the float32
+    constants, out = floor(((x - zp) * A|B + 128) / 256) + zp_out. After snap_prelu, for every input code and
+    input zero points of either sign, that equals exact real arithmetic (rounded half away from zero) and the
+    fake-quant PReLU. Without the nudge off the grid, x - zp = +-128 land on a tie that XNNPACK rounds up,
+    exact arithmetic away from zero and torch to even (~8 % of a full-size model's codes, measured)."""
+    for lo, hi in ((-1.0, 3.0), (-2.0, 0.5), (-0.7, 0.7), (-3.0, 0.01)):  # input zero points -64, 76, 0, 126
+        q_in = ActQuant()
+        q_in.min.data.fill_(lo), q_in.max.data.fill_(hi)
+        q_out = ActQuant()
+        q_out.min.data.fill_(lo * 0.2), q_out.max.data.fill_(hi * 0.9)
+        prelu = nn.PReLU(1, 0.2)
+        snap_prelu(prelu, q_in, q_out)
+        for q in (q_in, q_out, prelu):
+            q.eval()
+        s_in, zp_in = q_in.qparams()[:2]
+        s_out, zp_out = q_out.qparams()[:2]
+        s_in32, s_out32, alpha32 = np.float32(s_in), np.float32(s_out), np.float32(prelu.weight.item())
+        ratio = np.float32(s_in32 / s_out32)
+        A, B = int(np.rint(256 * ratio)), int(np.rint(256 * np.float32(ratio * alpha32)))
+        codes = np.arange(-128, 128)
+        d = codes - zp_in
+        xnn = np.clip(np.floor((d * np.where(d >= 0, A, B) + 128) / 256) + zp_out, -128, 127)
+        real = d * np.where(d >= 0, 1.0, np.float64(alpha32)) * np.float64(s_in32) / np.float64(s_out32)
+        exact = np.clip(np.sign(real) * np.floor(np.abs(real) + 0.5) + zp_out, -128, 127)
+        x = torch.tensor(d * s_in, dtype=torch.float32)
+        fq = (q_out(prelu(x)).detach().numpy() / s_out32).round() + zp_out
+        assert np.array_equal(xnn, exact) and np.array_equal(fq, exact), (zp_in, np.flatnonzero(xnn != exact))
+        assert A % 2 == 1 and B % 2 == 1 and q_out.qparams()[1] == zp_out
 
 
 def test_jitter_moves_codes_near_a_rounding_boundary_by_one_lsb_in_training_only():

@@ -350,18 +350,20 @@ def test_distributed_two_gloo_processes(tmp_path, tiny_data):
 
 
 def test_snapped_prelus_sit_on_xnnpack_grid(demo_ckpt):
-    """After load_model, each PReLU's input/output scale ratio is a/256 and slope x ratio b/256 with a, b odd
-    (XNNPACK's int8 LeakyReLU is then exact); snapping again changes nothing."""
+    """After load_model, each PReLU's input/output scale ratio is (a + 1/256)/256 and slope x ratio (b - 1/256)/256
+    with a, b odd (XNNPACK's int8 LeakyReLU computes with a and b and is then exact); snapping again changes
+    nothing."""
     import numpy as np
     from training.checkpoint import load_model
-    from training.grids import snap_prelu
+    from training.grids import LRELU_NUDGE, snap_prelu
     m = load_model(demo_ckpt)
     pairs = [(b.prelu1, b.q_in, b.q_prelu1) for b in m.blocks] + [(b.prelu2, b.q_dconv, b.q_prelu2) for b in m.blocks]
     for prelu, qi, qo in pairs:
-        ratio = 256 * np.float32(qi.qparams()[0]) / np.float32(qo.qparams()[0])
+        ratio = 256 * np.float64(np.float32(qi.qparams()[0])) / np.float64(np.float32(qo.qparams()[0]))
         a = round(float(ratio))
-        b = float(prelu.weight) * a
-        assert abs(ratio - a) < 1e-3 and a % 2 == 1 and abs(b - round(b)) < 1e-4 and round(b) % 2 == 1
+        b = float(prelu.weight) * ratio
+        assert abs(ratio - a - LRELU_NUDGE) < 1e-4 and a % 2 == 1
+        assert abs(b - round(b) + LRELU_NUDGE) < 1e-4 and round(b) % 2 == 1
         before = (qo.min.item(), qo.max.item(), float(prelu.weight), qo.qparams()[1])
         snap_prelu(prelu, qi, qo)
         assert (qo.min.item(), qo.max.item(), float(prelu.weight), qo.qparams()[1]) == pytest.approx(before, rel=1e-9)
