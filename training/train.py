@@ -24,7 +24,7 @@ from training import checkpoint
 from training.config import ConfigError, model_config
 from training.data import MixDataset
 from training.metrics import si_snr_torch, snr_torch
-from training.model import ConvTasNet, enhance
+from training.model import ConvTasNet, enhance, passthrough
 
 
 def _dist_info() -> tuple[int, int]:
@@ -167,6 +167,9 @@ def train(conf: dict, work_dir: str | Path | None = None, resume: bool = False, 
     metric = {"snr": snr_torch, "si_snr": si_snr_torch}.get(tr.get("loss", "snr"))
     if metric is None:
         raise ConfigError(f"training.loss {tr.get('loss')!r}: choose snr or si_snr")
+    ae_weight = float(tr.get("ae_weight", 0.0))  # + this x the loss of clean speech through encoder -> decoder
+    if ae_weight and world > 1:
+        raise ConfigError("training.ae_weight: one process only (the pass-through runs outside DDP)")
 
     def save_last() -> None:
         if rank == 0:
@@ -189,6 +192,8 @@ def train(conf: dict, work_dir: str | Path | None = None, resume: bool = False, 
             loss = -metric(out, clean).mean()
             opt.zero_grad()
             loss.backward()
+            if ae_weight:  # its own graph: quantizers still observing update their ranges in place per pass
+                (-ae_weight * metric(passthrough(model, clean), clean).mean()).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(tr["clip_grad"]))
             opt.step()
             losses.append(loss.item())
