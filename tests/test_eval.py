@@ -31,7 +31,10 @@ def test_eval_metrics_and_curve(tmp_path, tiny_data):
     # the real-speech demo model on the generated espeak set: +2.81 dB measured (the base model +2.86); a broken eval (unaligned or
     # swapped signals) gives <= 0
     assert fq["si_snri"] > 1.5 and 0.5 < fq["stoi"] <= 1.0
-    assert set(fq["curve"]) == {str(float(s)) for s in (-6, -3, 0, 3, 6, 9, 12, 15, 18, 24, 30)}
+    assert set(fq["curve"]) == set(fq["curve_si_snri"]) == {str(float(s)) for s in (-6, -3, 0, 3, 6, 9, 12, 15, 18, 24, 30)}
+    # SI-SNRi falls as the input gets cleaner (real test split: +6.4 dB at -6 dB, -12.4 at +30), while the
+    # output SI-SNR rises: the two curves are not the same numbers
+    assert fq["curve_si_snri"]["-6.0"] > fq["curve_si_snri"]["30.0"] + 5 and fq["curve"]["30.0"] > fq["curve"]["-6.0"]
     assert (tmp_path / "c.png").stat().st_size > 10_000
 
 
@@ -85,3 +88,18 @@ def test_report_table_and_plot(tmp_path, tiny_data):
     by_kind = rep["systems"]["FQSE TFLite int8"]["si_snri_by_noise_type"]
     assert set(by_kind) == kinds and "SI-SNRi (dB) per noise kind" in md
     assert (tmp_path / "r" / "si_snr_vs_input_snr.png").exists()
+
+
+def test_transparency_tells_distortion_of_speech_from_noise_in_the_reference():
+    """training.transparency.loud_share: error that sits in the pauses (a noisy reference) scores near 0, error
+    that follows the speech (the model distorting it) near 1; an error share computed over the wrong frames or
+    without removing the scaled reference fails one of the two."""
+    import numpy as np
+
+    from training.transparency import FRAME, loud_share
+    rng = np.random.default_rng(0)
+    env = np.repeat(np.tile([1.0, 0.01], 20), FRAME)  # loud and quiet frames alternate
+    ref = rng.standard_normal(len(env)) * env
+    pauses = rng.standard_normal(len(env)) * 0.05 * (env < 0.5)
+    assert loud_share(1.3 * ref + pauses, ref) < 0.05
+    assert loud_share(ref + 0.1 * rng.standard_normal(len(env)) * env, ref) > 0.95

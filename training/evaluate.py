@@ -173,7 +173,11 @@ def run_eval(yaml: str, checkpoint: str, compare: list[str], json_out: str | Non
         if plot:
             curves[name] = snr_curve(fn, rows, cfg.sample_rate, desc=name)
             results[name]["curve"] = {s: c["si_snr"] for s, c in curves[name].items()}
+            results[name]["curve_si_snri"] = {s: c["si_snri"] for s, c in curves[name].items()}
         print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name].items() if isinstance(v, float)))
+        if plot:
+            print(f"{name}: SI-SNRi by input SNR " + ", ".join(f"{s:+g} dB {v:+.2f}"
+                                                           for s, v in results[name]["curve_si_snri"].items()))
     if plot:
         plot_curves(curves, plot)
         print(f"wrote {plot}")
