@@ -393,7 +393,7 @@ def test_import_is_exact_when_no_deployment_change_is_needed(clips):
         Y = ref.mul(mask * enc)
         outs = ref.decoder(Y)
         model.q_frames.enabled = False
-        assert same(outs[0], model.decode(Y, "y0", model.q_frames, model.q_out), model.q_out) > 0.9999
+        assert same(outs[0], model.decode(Y, None, "y0", model.q_frames, model.q_out), model.q_out) > 0.9999
 
 
 def test_import_reference_qat_8bit_layout(tmp_path, clips):

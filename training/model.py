@@ -19,7 +19,7 @@ from torch import nn
 from runtime import qmath
 from runtime.pipeline import padded_length
 from training import tape
-from training.quant import ActQuant, WeightQuant, link_input, quantize_bias
+from training.quant import ActQuant, WeightQuant, exact_conv_ready, int_conv1d, link_input, quantize_bias
 
 NORMS = ("gLN", "cLN", "BN")
 IO_RANGE = qmath.grid_range(qmath.IO_SCALE, 0)  # int8 grid with scale 1/128, zero point 0: [-1, 127/128]
@@ -122,13 +122,17 @@ class QConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.conv.weight, self.conv.bias
+        in_quant = getattr(self, "in_quant", None)
         if self.wq is not None:
             if b is not None:
-                b = quantize_bias(b, getattr(self, "in_quant", None), self.wq.scales(w))
+                b = quantize_bias(b, in_quant, self.wq.scales(w))
             w = self.wq(w)
         if any(self.pad):
             x = F.pad(x, self.pad)
-        return F.conv1d(x, w, b, self.conv.stride, 0, self.conv.dilation, self.conv.groups)
+        c = self.conv
+        if exact_conv_ready(in_quant, self.wq, self.training):
+            return int_conv1d(x, w, b, in_quant.qparams()[0], self.wq.scales(c.weight), c.stride, c.dilation, c.groups)
+        return F.conv1d(x, w, b, c.stride, 0, c.dilation, c.groups)
 
 
 def act(cfg: ModelConfig, fixed: tuple[float, float] | None = None) -> nn.Module:
@@ -269,11 +273,16 @@ class ConvTasNet(nn.Module):
         b = F.pad(frames[:, s:], (1, 0))
         return (a + b).transpose(1, 2).reshape(frames.shape[0], 1, -1)
 
-    def decode(self, feats: torch.Tensor, out: str, q_frames: nn.Module, q_out: nn.Module,
+    def decode(self, feats: torch.Tensor, q_feats: nn.Module, out: str, q_frames: nn.Module, q_out: nn.Module,
                gain: float = 1.0) -> torch.Tensor:
-        """Decoder (1x1 conv N -> L, times `gain`) then overlap-add, each onto its quantizer's grid."""
+        """Decoder (1x1 conv N -> L, times `gain`) then overlap-add, each onto its quantizer's grid. q_feats: the
+        quantizer feats come from (in eval mode the conv then sums their integer codes; None: a float32 conv)."""
         def frames_of(f: torch.Tensor) -> torch.Tensor:
-            frames = F.conv1d(f, self.decoder_weight())
+            if exact_conv_ready(q_feats, self.dec_wq, self.training):
+                w = self.decoder_float_weight()
+                frames = int_conv1d(f, self.dec_wq(w), None, q_feats.qparams()[0], self.dec_wq.scales(w))
+            else:
+                frames = F.conv1d(f, self.decoder_weight())
             return frames * gain if gain != 1.0 else frames
         frames = tape.op("conv", frames_of, [feats], q_frames, out + "_frames",
                          weight=self.decoder_float_weight, wq=self.dec_wq, gain=gain)
@@ -301,12 +310,12 @@ class ConvTasNet(nn.Module):
         m = layer("conv", self.mask_conv, m, None, "mask_conv_f")  # the ReLU follows at once: one int8 op
         mask = tape.op("relu", torch.relu, [m], self.q_mask, "mask")
         masked = tape.op("mul", torch.mul, [mask, enc], self.q_masked, "masked")
-        y0 = self.decode(masked, "y0", self.q_frames, self.q_out)
+        y0 = self.decode(masked, self.q_masked, "y0", self.q_frames, self.q_out)
         outs = [y0]
         if self.cfg.n_combiner == 2:
             r = layer("conv", self.res_encoder, y0, self.q_res_enc, "res_enc")
             err = tape.op("sub", torch.sub, [masked, r], self.q_err, "err")
-            outs.append(self.decode(err, "y1", self.q_res_frames, self.q_res_out, self.cfg.res_gain))
+            outs.append(self.decode(err, self.q_err, "y1", self.q_res_frames, self.q_res_out, self.cfg.res_gain))
         return outs
 
 
@@ -347,5 +356,6 @@ def passthrough(model: ConvTasNet, wav: torch.Tensor) -> torch.Tensor:
     only a mask of 1. The trained tiny model's returns 8-12 dB SI-SNR (measured), its clean input 17 dB."""
     pipe = Pipeline(model.cfg)
     x, T = pipe.pre(wav)
-    y0 = model.decode(model.encode(model.q_input(x)), "ae", model.q_frames, model.q_out)
+    enc = model.encode(model.q_input(x))
+    y0 = model.decode(enc, model.q_enc, "ae", model.q_frames, model.q_out)
     return pipe.post([y0] + [torch.zeros_like(y0)] * (model.cfg.n_combiner - 1), T)
