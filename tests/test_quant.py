@@ -142,3 +142,21 @@ def test_jitter_moves_codes_near_a_rounding_boundary_by_one_lsb_in_training_only
         plain.eval(), jit.eval()
         assert torch.equal(plain(x), jit(x))
     assert ActQuant(fixed=(-1.0, 127 / 128), jitter=0.1).jitter == 0  # the int8 input/output grids stay exact
+
+
+def test_int_conv1d_is_the_exact_sum_of_codes_times_the_float32_scales():
+    """Eval convs: codes recovered from the fake-quant values, summed exactly (float32 within its integer range,
+    float64 past it: fan-ins 64 and 600 with extreme same-sign codes), scaled by float32(s_in) x s_w as the
+    kernels' multipliers are formed. Wrong code recovery, scale or dtype bound shows as a mismatch."""
+    import torch.nn.functional as F
+
+    from training.quant import int_conv1d
+    s_in = 0.01
+    for fan_in in (64, 600):
+        x = torch.full((1, fan_in, 3), 255.0) * s_in
+        w_codes = torch.tensor([127.0, 125.0]).repeat(fan_in // 2).view(1, fan_in, 1)
+        s_w = torch.tensor([0.02])
+        got = int_conv1d(x, w_codes * s_w, None, s_in, s_w)
+        acc = F.conv1d(torch.full((1, fan_in, 3), 255.0).double(), w_codes.double())
+        want = (acc * float(np.float32(s_in)) * s_w.double()).float()
+        assert torch.equal(got, want), fan_in
