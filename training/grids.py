@@ -187,9 +187,7 @@ def snap_residual_decoder(t, q_of) -> bool:
     j, k = pair
     set_scale(q_err, TIE_DEN * scale_of(q_masked) / j)
     set_scale(q_rf, k * s_o / TIE_DEN)
-    q_r = q_of(sub.inputs[1])
-    if adjustable(q_r):
-        set_scale(q_r, scale_of(q_err) * _on_common_den(scale_of(q_r) / scale_of(q_err)))
+    snap_sum([q_of(n) for n in sub.inputs], q_err, {id(q_masked), id(q_err)})  # the re-encoded y0 follows
     return True
 
 

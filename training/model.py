@@ -121,17 +121,18 @@ class QConv(nn.Module):
         self.wq = WeightQuant(cout, 0, cfg.gradient_based) if cfg.quantize else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.conv.weight, self.conv.bias
+        c = self.conv
+        w, b = c.weight, c.bias
         in_quant = getattr(self, "in_quant", None)
         if self.wq is not None:
+            s_w = self.wq.scales(w)
             if b is not None:
-                b = quantize_bias(b, in_quant, self.wq.scales(w))
+                b = quantize_bias(b, in_quant, s_w)
             w = self.wq(w)
         if any(self.pad):
             x = F.pad(x, self.pad)
-        c = self.conv
         if exact_conv_ready(in_quant, self.wq, self.training):
-            return int_conv1d(x, w, b, in_quant.qparams()[0], self.wq.scales(c.weight), c.stride, c.dilation, c.groups)
+            return int_conv1d(x, w, b, in_quant.qparams()[0], s_w, c.stride, c.dilation, c.groups)
         return F.conv1d(x, w, b, c.stride, 0, c.dilation, c.groups)
 
 
