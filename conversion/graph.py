@@ -129,7 +129,7 @@ def metadata(model: ConvTasNet, quantized: bool) -> dict[str, Any]:
             "kernel_size": cfg.kernel_size, "stride": cfg.stride, "causal": cfg.causal, "norm_type": cfg.norm_type,
             "receptive_field_frames": rf, "io_layout": "NCW: input [1, S, T], outputs C x [1, 1, T]",
             "host_padding": "one hop of zeros before; after: zeros up to a multiple of the hop plus two hops",
-            "input_gain": cfg.input_gain, **({"output_qparams": output_qparams(model)} if quantized else {})}
+            "input_gain": cfg.input_gain, "estimate": cfg.estimate, **({"output_qparams": output_qparams(model)} if quantized else {})}
 
 
 def output_qparams(model: ConvTasNet) -> list[list[float]]:

@@ -106,11 +106,13 @@ class Enhancer:
         self._acc = np.zeros(0, np.float64)  # block mode: weighted outputs from sample _done on
         self._wsum = np.zeros(0, np.float64)
         self._states = self.be.initial_states() if self.step else []
+        self._dry = np.zeros(0, np.int16)  # step mode, noise-estimating model: input from sample _done on
         self._to_skip = self.info.stream_offset_samples or 0  # step mode: leading outputs
 
     def _run_offline(self, pcm: np.ndarray) -> np.ndarray:
         """Run the model on pcm as a whole utterance (host pre/post in integers)."""
-        return pipeline.post(self.be.run(pipeline.pre(pcm, self.meta)), len(pcm), self.meta)
+        return pipeline.finish(pcm, pipeline.post(self.be.run(pipeline.pre(pcm, self.meta)), len(pcm), self.meta),
+                               self.meta)
 
     def _segment(self, start: int, stop: int) -> np.ndarray:
         return self._buf[start - self._buf_start: stop - self._buf_start]
@@ -152,7 +154,10 @@ class Enhancer:
             self._to_skip -= skip
             out.append(pcm[skip:])
         y = np.concatenate(out) if out else np.zeros(0, np.int16)
-        return y[: max(0, self._seen - self._done)] if final else y
+        y = y[: max(0, self._seen - self._done)] if final else y
+        if self.info.noise_estimate:  # output sample i belongs to input sample i
+            y, self._dry = pipeline.finish(self._dry[: len(y)], y, self.meta), self._dry[len(y):]
+        return y
 
     # --- non-causal: overlapping blocks -----------------------------------------------------------------
     def _block_step(self, final: bool) -> np.ndarray:
@@ -189,6 +194,8 @@ class Enhancer:
         self._check_rate(sample_rate)
         chunk = _pcm(chunk, "input chunk", allow_empty=True)
         self._buf = np.concatenate([self._buf, chunk])
+        if self.step and self.info.noise_estimate:
+            self._dry = np.concatenate([self._dry, chunk])
         self._seen += len(chunk)
         out = self._advance(False)
         self._done += len(out)

@@ -1,4 +1,4 @@
-"""The metadata a model file carries for the runtime (format `fqse-2`) and its sha256 seal.
+"""The metadata a model file carries for the runtime (format `fqse-3`; `fqse-2` files still load) and its sha256 seal.
 
 Writers serialize the model with `dumps(meta)` as its "fqse" metadata (the seal field holds 64 zeros) and
 pass the finished bytes through `seal`, which hashes them and writes the digest into that field (same
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-FORMAT = "fqse-2"
-SUPPORTED = (FORMAT,)
+FORMAT = "fqse-3"  # fqse-3 adds `estimate` (a noise-estimating model: a runtime that ignored it would output noise)
+SUPPORTED = ("fqse-2", FORMAT)
 _ZEROS = "0" * 64
 _SEAL = re.compile(rb'"seal": "sha256:([0-9a-f]{64})"')
 
@@ -95,6 +95,7 @@ class ModelMeta:
     io_layout: str | None = None
     host_padding: str | None = None
     input_gain: str | None = None  # "fixed" (None too) | "peak": offline runs scale the input to full scale
+    estimate: str | None = None  # "speech" (None too) | "noise": the host subtracts the output from its input
     output_qparams: tuple[tuple[float, int], ...] | None = None  # per output; None: the 1/128 grid
     activations: str | None = None  # "int8" (None too) | "uint8": every code + 128
     mode: str | None = None  # "step": a streaming step model with explicit state (None: offline)
@@ -111,6 +112,10 @@ class ModelMeta:
     @property
     def uint8(self) -> bool:
         return self.activations == "uint8"
+
+    @property
+    def noise_estimate(self) -> bool:
+        return self.estimate == "noise"
 
     @property
     def peak_input_gain(self) -> bool:
@@ -174,9 +179,9 @@ _REQUIRED = {"quantized": bool, "sample_rate": int, "n_splitter": int, "n_combin
 _STEP_REQUIRED = {"step_samples": int, "stream_offset_samples": int, "states": list}
 _OPTIONAL = {"seal": str, "splitter_bits": int, "combiner_bits": int, "io_scale": float, "kernel_size": int,
              "norm_type": str, "io_layout": str, "host_padding": str, "input_gain": str, "output_qparams": list,
-             "activations": str, "mode": str, "step_frames": int, "step_samples": int,
+             "estimate": str, "activations": str, "mode": str, "step_frames": int, "step_samples": int,
              "stream_offset_samples": int, "states": list}
-_VALUES = {"input_gain": lambda v: v in ("fixed", "peak"), "activations": lambda v: v in ("int8", "uint8"),
+_VALUES = {"input_gain": lambda v: v in ("fixed", "peak"), "estimate": lambda v: v in ("speech", "noise"), "activations": lambda v: v in ("int8", "uint8"),
            "mode": lambda v: v == "step",
            "output_qparams": lambda v: all(isinstance(p, list) and len(p) == 2 and _is(p[0], float)
                                            and _is(p[1], int) and p[0] > 0 for p in v)}

@@ -1,7 +1,7 @@
 """Host pre/post-processing around a deployed model, in integer arithmetic (numpy only).
 
 int16 PCM -> pad one hop each side (length a multiple of the hop) -> splitter -> S int8 streams ->
-model -> C int8 streams -> combiner -> int16 PCM, cropped. Float graphs take and give float waveforms.
+model -> C int8 streams -> combiner -> int16 PCM, cropped (a noise estimate: subtracted from the input). Float graphs take and give float waveforms.
 """
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ def post(y: np.ndarray, n: int, meta: dict[str, Any]) -> np.ndarray:
     """Model outputs [C, T'] -> int16 PCM [n] (integer combiner), cropped to the input."""
     hop = meta["stride"]
     return combine(y, meta)[hop: hop + n]
+
+
+def finish(pcm: np.ndarray, y: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """int16 model output aligned with the int16 input pcm -> the enhanced PCM: a noise-estimating model's
+    output (metadata `estimate: noise`) is subtracted from the input; a speech estimate is the output."""
+    return qmath.subtract_int16(pcm, y) if meta.get("estimate") == "noise" else y
 
 
 def output_qparams(meta: dict[str, Any]) -> list[tuple[float, int]]:

@@ -145,6 +145,11 @@ def split_int16(pcm: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def subtract_int16(pcm: np.ndarray, estimate: np.ndarray) -> np.ndarray:
+    """Host step of a noise-estimating model: input PCM minus the noise estimate (both int16), saturated."""
+    return np.clip(pcm.astype(np.int32) - estimate, -32768, 32767).astype(np.int16)
+
+
 def combine_int16(codes: np.ndarray) -> np.ndarray:
     """Combiner in integer arithmetic: int8 codes [C, T] -> int16 PCM.
 

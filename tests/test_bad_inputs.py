@@ -92,7 +92,7 @@ def _flipped(c: Ctx) -> None:
 
 def _old_format(c: Ctx) -> None:
     from runtime import modelmeta
-    raw = c.onnx.read_bytes().replace(b'"format": "fqse-2"', b'"format": "fqse-1"')
+    raw = c.onnx.read_bytes().replace(b'"format": "fqse-3"', b'"format": "fqse-1"')
     (c.tmp / "old.onnx").write_bytes(modelmeta.seal(raw))
 
 
@@ -169,7 +169,7 @@ CASES = [
          "{tmp}/flipped.onnx"], r"error: .*flipped.onnx: the model file is corrupted or was modified \(sha256 seal "
          r"does not match\)", make=_flipped),
     Case("model-old-format", "model metadata `format: fqse-1`", ["enhance", "{wav}", "-o", "{tmp}/o.wav", "--model",
-         "{tmp}/old.onnx"], r"error: .*old.onnx: model metadata format 'fqse-1'; this runtime reads fqse-2",
+         "{tmp}/old.onnx"], r"error: .*old.onnx: model metadata format 'fqse-1'; this runtime reads fqse-2, fqse-3",
          make=_old_format),
     Case("model-garbage", "`.onnx` that is not a model", ["bench", "--model", "{tmp}/g.onnx"],
          r"error: .*g.onnx: not a loadable ONNX model", make=lambda c: (c.tmp / "g.onnx").write_bytes(b"garbage")),

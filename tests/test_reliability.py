@@ -343,7 +343,7 @@ def test_truncated_wav_warns(tmp_path):
     assert len(x) == 7989
 
 
-# ---- model files: format fqse-2 and a sha256 seal checked before any native loader -----------------------------
+# ---- model files: format fqse-3 (fqse-2 still read) and a sha256 seal checked before any native loader -----------------------------
 
 @pytest.mark.parametrize("kind", ["onnx", "tflite"])
 def test_every_bit_flip_and_truncation_is_refused(tmp_path, kind, demo_onnx, demo_tflite):
@@ -374,8 +374,8 @@ def test_old_or_unsealed_metadata_names_supported_format(tmp_path, demo_onnx):
     from runtime.backends import ModelError, load_backend
     raw = demo_onnx.read_bytes()
     p = tmp_path / "old.onnx"
-    p.write_bytes(modelmeta.seal(raw.replace(b'"format": "fqse-2"', b'"format": "fqse-1"')))
-    with pytest.raises(ModelError, match=r"model metadata format 'fqse-1'; this runtime reads fqse-2 \(export it"):
+    p.write_bytes(modelmeta.seal(raw.replace(b'"format": "fqse-3"', b'"format": "fqse-1"')))
+    with pytest.raises(ModelError, match=r"model metadata format 'fqse-1'; this runtime reads fqse-2, fqse-3 \(export it"):
         load_backend(p)
     p.write_bytes(raw.replace(b'"stride": 16', b'"stride":  0'))  # metadata edited, then resealed
     p.write_bytes(modelmeta.seal(p.read_bytes()))

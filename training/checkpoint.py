@@ -183,10 +183,21 @@ def init_from_float(model: ConvTasNet, path: str | Path) -> None:
     if enc is not None and enc.shape[1] != S:
         base = enc[:, :1]
         sd["encoder.conv.weight"] = torch.cat([base * (1 / 256) ** k for k in range(S)], dim=1)
+    if ck.get("format") == FORMAT and old.get("estimate", "speech") != model.cfg.estimate:
+        sd = flip_mask(sd)
     _load_state(model, sd, path, strict=False)
     if model.cfg.n_combiner == 2 and "res_encoder.conv.weight" not in sd:
         with torch.no_grad():  # the residual encoder starts as the main encoder's first channel
             model.res_encoder.conv.weight.copy_(model.encoder.conv.weight[:, :1])
+
+
+def flip_mask(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A speech-mask model as a noise-mask one (or back): relu(1 - (w x + b)) = 1 - mask where the mask is in
+    [0, 1], so the noise estimate starts as encoder -> decoder of the input minus the speech estimate."""
+    sd = dict(sd)
+    sd["mask_conv.conv.weight"] = -sd["mask_conv.conv.weight"]
+    sd["mask_conv.conv.bias"] = 1.0 - sd["mask_conv.conv.bias"]
+    return sd
 
 
 GROW_GAIN = 0.05  # new blocks' residual/skip convs start at this fraction of their default init

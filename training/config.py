@@ -24,7 +24,8 @@ DEFAULTS: dict[str, Any] = {
                  "max_valid": None},
 }
 MODEL_KEYS = {"n_filters", "kernel_size", "bn_chan", "hid_chan", "skip_chan", "conv_kernel_size",
-              "n_blocks", "n_repeats", "norm_type", "causal", "sample_rate", "n_splitter", "n_combiner"}
+              "n_blocks", "n_repeats", "norm_type", "causal", "sample_rate", "n_splitter", "n_combiner",
+              "estimate"}
 
 
 class ConfigError(ValueError):

@@ -51,7 +51,7 @@ SCHEMA: dict[str, Any] = {
         "conv_kernel_size": INT1, "n_blocks": INT1, "n_repeats": INT1,
         "norm_type": Field(str, choices=("gLN", "cLN", "BN")), "causal": Field(bool),
         "sample_rate": Field(int, 8000), "n_splitter": INT1,
-        "n_combiner": Field(int, choices=(1, 2)),
+        "n_combiner": Field(int, choices=(1, 2)), "estimate": Field(str, choices=("speech", "noise")),
         "quantization": {"enabled": Field(bool), "gradient_based": Field(bool), "ema_steps": INT0,
                          "jitter": Field(float, 0.0)},
         "model_path": PATH,

@@ -22,6 +22,7 @@ from training import tape
 from training.quant import ActQuant, WeightQuant, exact_conv_ready, int_conv1d, link_input, quantize_bias
 
 NORMS = ("gLN", "cLN", "BN")
+ESTIMATES = ("speech", "noise")  # what the network's output is (ModelConfig.estimate)
 IO_RANGE = qmath.grid_range(qmath.IO_SCALE, 0)  # int8 grid with scale 1/128, zero point 0: [-1, 127/128]
 RES_GAIN = 2.0 / qmath.IO_SCALE  # the residual output is weighted (D/2): its branch is amplified by 256
 
@@ -49,6 +50,7 @@ class ModelConfig:
     encoder_bias: bool = False  # PTQ of a float model: the bias that removes the splitter's 1/256 offset
     input_gain: str = "fixed"  # "peak": offline, the runtime scales the input to full scale (imported reference models)
     encoder_split: bool = False  # PTQ: a second encoder for the splitter's low byte (its own weight scales)
+    estimate: str = "speech"  # "noise": the network estimates the noise and the host subtracts it from its input
 
     def __post_init__(self):
         if self.norm_type not in NORMS:
@@ -61,6 +63,8 @@ class ModelConfig:
             raise ValueError("model.n_splitter must be >= 1")
         if self.skip_chan != self.bn_chan:
             raise ValueError("model.skip_chan must equal model.bn_chan")
+        if self.estimate not in ESTIMATES:
+            raise ValueError(f"model.estimate {self.estimate!r}: choose one of {ESTIMATES}")
         if self.causal and self.norm_type == "gLN":
             raise ValueError("a causal model needs norm_type cLN or BN (gLN sees the whole utterance)")
 
@@ -343,12 +347,21 @@ class Pipeline:
         y = qmath.combine([o[:, 0] / qmath.IO_SCALE for o in outs]) if len(outs) > 1 else outs[0][:, 0]
         return y[:, s: s + T]
 
+    def finish(self, wav: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The host's last step: a noise estimate is subtracted from the input the model saw (for a quantized
+        model the int16 PCM the splitter reads, as the runtime does); a speech estimate is the output."""
+        if self.cfg.estimate == "speech":
+            return y
+        if self.cfg.quantize:
+            wav = torch.floor(wav.clamp(-1.0, 1.0) * 32768.0).clamp(-32768, 32767) / 32768.0
+        return wav - y
+
 
 def enhance(model: nn.Module, wav: torch.Tensor, cfg: ModelConfig | None = None) -> torch.Tensor:
     """Waveform [B, T] -> enhanced waveform [B, T] (splitter, network, combiner); model may be DDP-wrapped."""
     pipe = Pipeline(cfg or model.cfg)
     x, T = pipe.pre(wav)
-    return pipe.post(model(x), T)
+    return pipe.finish(wav, pipe.post(model(x), T))
 
 
 def passthrough(model: ConvTasNet, wav: torch.Tensor) -> torch.Tensor:
