@@ -1,5 +1,6 @@
 """relu: the mask's ReLU (it follows the mask conv, whose output has no quantizer of its own: one fused
-CONV_2D with a ReLU activation in TFLite, a QLinearConv in onnxruntime)."""
+CONV_2D with a ReLU activation in TFLite; in onnxruntime a QLinearConv when the output range starts at 0, as a
+trained mask's does (zero point -128: onnxruntime drops the ReLU before the Q), else a float conv)."""
 from __future__ import annotations
 
 from conversion.ops.base import OpKind, register, stateless
