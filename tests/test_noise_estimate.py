@@ -85,3 +85,12 @@ def test_flipped_mask_is_one_minus_the_speech_mask():
     inside = (speech >= 0) & (speech <= 1)
     assert inside.float().mean() > 0.5
     torch.testing.assert_close(noise[inside], 1 - speech[inside])
+
+
+def test_checkpoint_and_config_must_agree_on_the_estimate(noise_models):
+    """A noise checkpoint evaluated or resumed under a speech config is refused in one line."""
+    from training.checkpoint import CheckpointError, load_model, read
+    from training.model import ModelConfig
+    speech = ModelConfig(**dict(read(noise_models["ckpt"])["model_config"], estimate="speech"))
+    with pytest.raises(CheckpointError, match=r"does not match the config: estimate: checkpoint 'noise', config 'speech'$"):
+        load_model(noise_models["ckpt"], speech)

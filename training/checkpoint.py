@@ -14,7 +14,7 @@ from training.model import ConvTasNet, ModelConfig
 
 FORMAT = "fqse-checkpoint-1"
 ARCH_KEYS = ("n_filters", "kernel_size", "bn_chan", "hid_chan", "conv_kernel_size", "n_blocks", "n_repeats",
-             "norm_type", "causal", "n_splitter", "n_combiner", "quantize")
+             "norm_type", "causal", "n_splitter", "n_combiner", "quantize", "estimate")
 
 
 class CheckpointError(ValueError):
