@@ -113,8 +113,8 @@ class Enhancer:
         self._dry = np.zeros(0, np.int16)  # step mode, noise-estimating model: input from sample _done on
         self._to_skip = self.info.stream_offset_samples or 0  # step mode: leading outputs
 
-    def _run_offline(self, pcm: np.ndarray) -> np.ndarray:
-        """Run the model on pcm as a whole utterance (host pre/post in integers)."""
+    def run_offline(self, pcm: np.ndarray) -> np.ndarray:
+        """Run the model on pcm as one whole utterance, no windows (host pre/post in integers)."""
         return pipeline.finish(pcm, pipeline.post(self.be.run(pipeline.pre(pcm, self.meta)), len(pcm), self.meta),
                                self.meta)
 
@@ -137,7 +137,7 @@ class Enhancer:
         if ready <= self._done or (not final and ready - self._done < self.chunk):
             return np.zeros(0, np.int16)
         w0 = max(0, (self._done - context) // s * s)  # hop-aligned, the receptive field fits inside
-        y = self._run_offline(self._segment(w0, self._seen))
+        y = self.run_offline(self._segment(w0, self._seen))
         out = y[self._done - w0: ready - w0]
         self._drop_before(max(0, (ready - context) // s * s))
         return out
@@ -172,7 +172,7 @@ class Enhancer:
             if not (self._seen >= b0 + self.block or (final and b0 < self._seen)):
                 break
             seg = self._segment(b0, min(b0 + self.block, self._seen))
-            y = self._run_offline(seg) * win[: len(seg)]
+            y = self.run_offline(seg) * win[: len(seg)]
             end = b0 + len(seg) - self._done
             if len(self._acc) < end:
                 self._acc = np.pad(self._acc, (0, end - len(self._acc)))
@@ -234,7 +234,7 @@ class Enhancer:
         """Whole signal, window by window (see `window_s`); the stream state is reset before and after."""
         w = int(self.window_s * self.sr)
         if len(pcm) <= w or (not self.causal and len(pcm) <= self.long_s * self.sr):
-            return self._run_offline(pcm)
+            return self.run_offline(pcm)
         block = self.block
         if not self.causal:
             self.block = max(4 * self.hop, w // (2 * self.hop) * 2 * self.hop)

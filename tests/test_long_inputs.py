@@ -25,7 +25,7 @@ def test_windowed_equals_one_run(kind, demo_onnx, demo_tflite):
     pcm, _ = _long()  # 18 s
     enh.window_s = 4.0  # 4 full windows and a partial one
     assert len(pcm) > 4 * enh.window_s * enh.sr
-    assert np.array_equal(enh.enhance(pcm), enh._run_offline(pcm))  # exact: the receptive field is the context
+    assert np.array_equal(enh.enhance(pcm), enh.run_offline(pcm))  # exact: the receptive field is the context
 
 
 def test_non_causal_long_input_in_blocks(demo_tflite):
@@ -36,7 +36,7 @@ def test_non_causal_long_input_in_blocks(demo_tflite):
     y = enh.enhance(pcm)
     assert len(y) == len(pcm)
     # overlap-add of 2 s blocks: measured 0.0003 dB above one run on the demo model (18 s of samples)
-    assert si_snr(y / 32768, ref) > si_snr(enh._run_offline(pcm) / 32768, ref) - 0.5
+    assert si_snr(y / 32768, ref) > si_snr(enh.run_offline(pcm) / 32768, ref) - 0.5
 
 
 def test_cli_enhance_without_stream_is_windowed_and_exact(tmp_path, demo_tflite):
@@ -46,7 +46,7 @@ def test_cli_enhance_without_stream_is_windowed_and_exact(tmp_path, demo_tflite)
     res = run_fqse("enhance", str(src), "-o", str(tmp_path / "out.wav"), "--model", str(demo_tflite[0]))
     assert res.returncode == 0, res.stderr
     out, _ = sf.read(tmp_path / "out.wav", dtype="int16")
-    assert np.array_equal(out, Enhancer.from_file(demo_tflite[0])._run_offline(pcm))
+    assert np.array_equal(out, Enhancer.from_file(demo_tflite[0]).run_offline(pcm))
 
 
 @pytest.mark.slow
@@ -102,7 +102,7 @@ def test_non_causal_model_in_overlapping_blocks(norm, norm_onnx):
     enh = Enhancer.from_file(norm_onnx(norm)[1])
     assert not enh.causal
     pcm, _ = _long()
-    whole = enh._run_offline(pcm)
+    whole = enh.run_offline(pcm)
     enh.window_s, enh.long_s = 2.0, 5.0
     y = enh.enhance(pcm)
     assert len(y) == len(pcm)
@@ -113,7 +113,7 @@ def test_non_causal_model_in_overlapping_blocks(norm, norm_onnx):
     assert np.array_equal(np.concatenate(parts), y)
     # plain 2 s blocks, concatenated: what the overlap-add has to improve on (its block edges lack context)
     w = int(enh.window_s * enh.sr)
-    cut = _snr_db(whole, np.concatenate([enh._run_offline(pcm[i: i + w]) for i in range(0, len(pcm), w)]))
+    cut = _snr_db(whole, np.concatenate([enh.run_offline(pcm[i: i + w]) for i in range(0, len(pcm), w)]))
     if norm == "cLN":
         # per-frame norm: a block differs from the whole run only near its edges (receptive field), where the
         # triangular weights vanish; measured 95.1 dB (int16 rounding of the weighted sums) vs 32.4 dB for
