@@ -9,7 +9,7 @@ $(VENV)/.installed: requirements.txt requirements-runtime.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: setup demo test espeak real-data indep-data train-real train-real-ablation train-real-tiny baselines onnx2tf aarch64-check
+.PHONY: setup demo test espeak real-data indep-data train-real train-real-ablation train-real-tiny train-real-diverse baselines onnx2tf aarch64-check
 setup: $(VENV)/.installed
 
 demo: setup
@@ -42,7 +42,7 @@ train-real: real-data
 
 # Ablations: eight 3-epoch fine-tunes of the base real-speech FQSE model (training/pretrained/
 # real_fqse_tiny_base.pt, `make train-real-tiny`), one core each in turn (~8 min each), and their average.
-# The jitter run (configs/real_jitter_fqse.yml) of 2026-11-29 is the shipped demo_fqse_tiny.pt.
+# The jitter run (configs/real_jitter_fqse.yml) of 2026-11-29 was the shipped model until 2026-11-30 (now real_jitter_fqse_tiny.pt).
 SOUP := tuned_fqse tuned_fqse_seed1 aug_fqse jitter_fqse jitter_fqse_seed1 jitter4_fqse eq_fqse espeak_fqse
 train-real-ablation: real-data
 	grep -qs '"version": 3,' data/real_espeak/sources.json || \
@@ -51,11 +51,19 @@ train-real-ablation: real-data
 	$(VENV)/bin/fqse average $(SOUP:%=work/real_%/final.pt) -o work/real_soup_fqse.pt
 
 # The base tiny models (real_fqse -> training/pretrained/real_fqse_tiny_base.pt; float and vanilla-QAT twins ->
-# demo_{float,qat}_tiny.pt); the shipped FQSE model is its 3-epoch jitter fine-tune: `fqse train -y configs/real_jitter_fqse.yml`.
+# demo_{float,qat}_tiny.pt); the shipped FQSE model is trained from it by `make train-real-diverse` (below).
 train-real-tiny: real-data
 	$(VENV)/bin/fqse train -y configs/real_float.yml --resume
 	$(VENV)/bin/fqse train -y configs/real_fqse.yml --resume
 	$(VENV)/bin/fqse train -y configs/real_qat.yml --resume
+
+# The shipped FQSE model (training/pretrained/demo_fqse_tiny.pt since 2026-11-30): the base FQSE model trained 20 more
+# epochs on the real-speech set plus espeak-ng voices, with speed perturbation, dynamic mixing and jitter (~50 min on
+# one core); work/real_diverse_fqse/final.pt is the result (`checkpoint.model_only` copies it to the shipped file).
+train-real-diverse: real-data
+	grep -qs '"version": 3,' data/real_espeak/sources.json || \
+	  $(VENV)/bin/fqse data --source debian,espeak --out data/real_espeak --cache data/debian-cache --overwrite
+	$(VENV)/bin/fqse train -y configs/real_diverse_fqse.yml --resume
 
 # Pretrained enhancers for `fqse report --baselines` (pyproject's `baselines` extra), constrained by requirements.txt
 # so the pinned torch (CPU), numpy and onnxruntime stay; DTLN's LiveKit plugin would pull livekit-agents, so its
