@@ -199,14 +199,14 @@ def quality(checkpoint: str | Path, ours: Path, theirs: Path, fmeta: dict[str, A
         with torch.no_grad():
             got["float_torch"] = (np.stack([o[0, 0].numpy() for o in plain.eval()(torch.from_numpy(xf)[None])]), fmeta)
         row: dict[str, Any] = {"sample": noisy.name, "si_snr_noisy": si_snr(pcm[:n] / 32768.0, ref_clean[:n]),
-                               "si_snr_fakequant": si_snr(pipeline.finish(pcm[:n], pipeline.post(fq, n, qmeta), qmeta) / 32768.0,
+                               "si_snr_fakequant": si_snr(pipeline.enhanced(fq, pcm[:n], qmeta) / 32768.0,
                                                           ref_clean[:n])}
         fl = to_wave(got["float_torch"][0], fmeta)
         waves["fakequant"].append(to_wave(fq, qmeta))
         for k, (y, meta) in got.items():
             par = compare(fq, y, qmeta)["snr_db"] if y.dtype == np.int8 else snr(to_wave(y, meta), to_wave(fq, qmeta))
             row[k] = {"parity_db": par,
-                      "si_snr": si_snr(pipeline.finish(pcm[:n], pipeline.post(y, n, meta), meta) / 32768.0, ref_clean[:n])}
+                      "si_snr": si_snr(pipeline.enhanced(y, pcm[:n], meta) / 32768.0, ref_clean[:n])}
             waves[k].append(to_wave(y, meta))
             if k != "float_torch":
                 row[k]["vs_float_db"] = snr(to_wave(y, meta), fl)

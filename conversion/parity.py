@@ -188,8 +188,8 @@ def run_parity(checkpoint: str, audio: str, onnx: str | None = None, tflite: str
         ref = torch_outputs(model, x)
         got = be.run(x)
         r = compare(ref, got, be.meta)
-        outputs[kind] = pipeline.finish(pcm, pipeline.post(got, len(pcm), be.meta), be.meta)
-        outputs.setdefault("fakequant", pipeline.finish(pcm, pipeline.post(ref, len(pcm), be.meta), be.meta))
+        outputs[kind] = pipeline.enhanced(got, pcm, be.meta)
+        outputs.setdefault("fakequant", pipeline.enhanced(ref, pcm, be.meta))
         r["path"] = str(path)
         result["models"][kind] = r
     if tflite:  # error by source: float vs exact integer rounding, TFLite's fixed point, kernel sets
@@ -203,7 +203,7 @@ def run_parity(checkpoint: str, audio: str, onnx: str | None = None, tflite: str
             ob = load_backend(onnx)
             src["intref vs onnx"] = compare(iref, ob.run(pipeline.pre(pcm, ob.meta)), be.meta)["snr_db"]
         result["by_source_snr_db"] = src
-        outputs["intref"] = pipeline.finish(pcm, pipeline.post(iref, len(pcm), be.meta), be.meta)
+        outputs["intref"] = pipeline.enhanced(iref, pcm, be.meta)
         print("error by source (combined output SNR, dB): " + ", ".join(f"{k} {v:.1f}" for k, v in src.items()))
         if per_layer:
             rows = per_layer_tflite(tflite, x)

@@ -41,7 +41,7 @@ def on_samples(checkpoint: str | Path, out: str | Path, pairs: list[tuple[Path, 
             row.update({f"{k}_db": r["snr_db"], f"{k}_floor_db": compare(ref, no_y1, be.meta)["snr_db"],
                         f"{k}_y1_within_1lsb": r["within_1lsb"][1]})
             if k == "onnx":
-                row["si_snr"] = si_snr(pipeline.finish(pcm, pipeline.post(ref, len(pcm), be.meta), be.meta) / 32768.0,
+                row["si_snr"] = si_snr(pipeline.enhanced(ref, pcm, be.meta) / 32768.0,
                                        read_audio(clean, model.cfg.sample_rate)[0])
         rows.append(row)
     worst = {k: min(r[k] for r in rows) for k in rows[0] if k != "sample"}

@@ -115,8 +115,7 @@ class Enhancer:
 
     def run_offline(self, pcm: np.ndarray) -> np.ndarray:
         """Run the model on pcm as one whole utterance, no windows (host pre/post in integers)."""
-        return pipeline.finish(pcm, pipeline.post(self.be.run(pipeline.pre(pcm, self.meta)), len(pcm), self.meta),
-                               self.meta)
+        return pipeline.enhanced(self.be.run(pipeline.pre(pcm, self.meta)), pcm, self.meta)
 
     def _segment(self, start: int, stop: int) -> np.ndarray:
         return self._buf[start - self._buf_start: stop - self._buf_start]

@@ -48,6 +48,11 @@ def finish(pcm: np.ndarray, y: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     return qmath.subtract_int16(pcm, y) if meta.get("estimate") == "noise" else y
 
 
+def enhanced(y: np.ndarray, pcm: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """Model outputs [C, T'] for the int16 input pcm -> the enhanced int16 PCM [len(pcm)] (post, then finish)."""
+    return finish(pcm, post(y, len(pcm), meta), meta)
+
+
 def output_qparams(meta: dict[str, Any]) -> list[tuple[float, int]]:
     """(scale, zero point) of each int8 output (the fixed 1/128 grid unless the model says otherwise)."""
     return [(float(s), int(z)) for s, z in meta.get("output_qparams") or [(qmath.IO_SCALE, 0)] * meta["n_combiner"]]
