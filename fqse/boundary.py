@@ -175,3 +175,4 @@ def _number(kind: type, low: float, low_ok: bool) -> Callable[[str], float]:
 
 positive_float = _number(float, 0.0, False)
 positive_int = _number(int, 1, True)
+non_negative_float = _number(float, 0.0, True)

@@ -13,10 +13,14 @@ def _data(a: argparse.Namespace) -> None:
     bad = [x for x in sources if x not in ("debian", "espeak")]
     if bad or not sources:
         raise DataGenError(f"--source {a.source!r}: use debian, espeak or debian,espeak")
+    if a.espeak_share is not None and set(sources) != {"debian", "espeak"}:
+        raise DataGenError("--espeak-share adds synthesized utterances to a real-speech set: use it with "
+                           "--source debian,espeak")
     if "debian" in sources:
         from training.realdata import DEFAULT_PACKAGES, build
         packages = tuple(a.packages.split(",")) if a.packages else DEFAULT_PACKAGES
-        root = build(a.out, packages, a.cache, a.max_clips, a.copies, espeak_share=0.25 if "espeak" in sources else 0,
+        share = (0.25 if a.espeak_share is None else a.espeak_share) if "espeak" in sources else 0.0
+        root = build(a.out, packages, a.cache, a.max_clips, a.copies, espeak_share=share,
                      seed=a.seed, show_progress=not a.quiet, overwrite=a.overwrite)
         print(f"wrote real-speech LibriMix-layout set under {root} (licenses: {Path(a.out) / 'README.md'})")
         return
@@ -136,7 +140,7 @@ def _report(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fqse.boundary import positive_float, positive_int
+    from fqse.boundary import non_negative_float, positive_float, positive_int
     p = argparse.ArgumentParser(prog="fqse", description="Fully quantized (int8) speech enhancement")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -151,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "packages)")
     s.add_argument("--max-clips", type=int, help="debian: at most this many clips per talker / noise category")
     s.add_argument("--copies", type=int, default=2, help="debian: mixtures per training utterance")
+    s.add_argument("--espeak-share", type=non_negative_float, help="debian,espeak: synthesized utterances added "
+                   "to each split, as a share of its real ones (default 0.25)")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_data)

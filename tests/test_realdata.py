@@ -94,3 +94,11 @@ def test_utterances_are_2_to_6_s():
     utts = realdata.utterances(clips, rng)
     lengths = np.array([len(u) for u in utts]) / 16000
     assert len(utts) >= 10 and lengths.min() >= 2.0 and lengths.max() <= 6.0
+
+
+def test_espeak_share_needs_both_sources_and_a_non_negative_value(tmp_path):
+    res = run_fqse("data", "--source", "debian", "--espeak-share", "1", "--out", str(tmp_path / "d"))
+    assert res.returncode == 2 and "use it with --source debian,espeak" in res.stderr
+    res = run_fqse("data", "--source", "debian,espeak", "--espeak-share", "-0.5", "--out", str(tmp_path / "d"))
+    assert res.returncode == 2 and "must be at least 0" in res.stderr
+    assert not (tmp_path / "d").exists()
