@@ -121,7 +121,10 @@ def _bench(a: argparse.Namespace) -> None:
     if not a.model:
         raise UsageError("bench needs --model M... (or --compare-onnx2tf CHECKPOINT)")
     from runtime.bench import bench_cli
-    bench_cli(a.model, threads=a.threads, seconds=a.seconds, stream=a.stream, hop_ms=a.hop_ms, json_out=a.json)
+    if a.profile and a.stream:
+        raise UsageError("--profile times the offline run: drop --stream")
+    bench_cli(a.model, threads=a.threads, seconds=a.seconds, stream=a.stream, hop_ms=a.hop_ms, json_out=a.json,
+              show_profile=a.profile)
 
 
 def _golden(a: argparse.Namespace) -> None:
@@ -248,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", action="store_true")
     s.add_argument("--hop-ms", type=positive_float, default=16.0)
     s.add_argument("--json")
+    s.add_argument("--profile", action="store_true", help="ONNX models: onnxruntime's kernel time by layer kind and "
+                   "operator (where the time goes; a float Conv in an int8 model shows here)")
     s.add_argument("--compare-onnx2tf", metavar="CHECKPOINT", help="convert CHECKPOINT with `fqse convert` and its "
                    "float network with onnx2tf's full-integer PTQ (the onnx2tf extra: `make onnx2tf`); speed, op "
                    "counts, parity with fake-quant and SI-SNR on samples/ side by side")

@@ -37,9 +37,13 @@ class Backend:
 
 
 class OnnxBackend(Backend):
-    def __init__(self, path: Path, threads: int = 1, optimized_path: str | Path | None = None):
+    def __init__(self, path: Path, threads: int = 1, optimized_path: str | Path | None = None,
+                 profile_prefix: str | Path | None = None):
         import onnxruntime as ort
         so = ort.SessionOptions()
+        if profile_prefix:  # onnxruntime's per-kernel profiler (`fqse bench --profile`); end_profiling() writes it
+            so.enable_profiling = True
+            so.profile_file_prefix = str(profile_prefix)
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         # Let ORT fuse int8 (s8s8) QDQ units into QLinearConv/QLinearAdd/... on x86 too (default: ARM only).

@@ -2,11 +2,13 @@
 
 Offline: seconds of compute per second of audio (median of repeats after two warm-up runs at the
 measured length), one run of the model over the whole length. Streaming (--stream): per-hop compute time (median, p99, max, the share of hops over
-the hop duration) after one untimed second of warm-up, real-time factor, peak RSS.
+the hop duration) after one untimed second of warm-up, real-time factor, peak RSS. --profile (ONNX): onnxruntime's
+kernel time by layer kind and operator.
 """
 from __future__ import annotations
 
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -109,11 +111,59 @@ def run_isolated(module: str, func: str, *args: Any, label: str = "") -> dict[st
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def layer_kind(node: str) -> str:
+    """A node's layer kind: its exported name without the block index and onnxruntime's fusion suffix
+    ("b3_in_f_token_96" -> "b*_in")."""
+    node = re.sub(r"(_token_\d+)+$", "", node.removesuffix("_kernel_time"))
+    return re.sub(r"_f$", "", re.sub(r"^b\d+_", "b*_", node))
+
+
+def profile(model: str, threads: int = 1, seconds: float = 4.0, repeats: int = 3) -> dict[str, Any]:
+    """onnxruntime's kernel times of one offline run over `seconds`, summed by (layer kind, operator) over
+    `repeats` runs after two warm-up runs: where the time of an ONNX model goes."""
+    import tempfile
+
+    from runtime.audio import to_int16
+    from runtime.backends import ModelError, OnnxBackend
+    from runtime.enhancer import Enhancer
+    if Path(model).suffix != ".onnx":
+        raise ModelError(f"{model}: --profile reads onnxruntime's profiler, so it takes .onnx models only")
+    with tempfile.TemporaryDirectory() as tmp:
+        enh = Enhancer(OnnxBackend(Path(model), threads, profile_prefix=Path(tmp) / "ort"))
+        pcm = to_int16(_signal(seconds, enh.sr))
+        run = enh.enhance if enh.step else enh.run_offline
+        for _ in range(2 + repeats):
+            run(pcm)
+        events = json.loads(Path(enh.be.sess.end_profiling()).read_text())
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    cutoff = starts[2] if len(starts) > 2 else 0  # the warm-up runs' kernels are not counted
+    totals: dict[tuple[str, str], float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= cutoff:
+            key = (layer_kind(e["name"]), e["args"]["op_name"])
+            totals[key] = totals.get(key, 0.0) + e["dur"]
+    total = sum(totals.values())
+    rows = [{"layer": k, "op": op, "share": v / total, "ms_per_s_audio": v / 1000 / repeats / seconds}
+            for (k, op), v in sorted(totals.items(), key=lambda kv: -kv[1])]
+    return {"model": model, "threads": threads, "audio_s": seconds, "kernels": rows}
+
+
 def bench_cli(models: list[str], threads: list[int], seconds: float, stream: bool, hop_ms: float,
-              json_out: str | None) -> list[dict[str, Any]]:
+              json_out: str | None, show_profile: bool = False) -> list[dict[str, Any]]:
     from runtime.backends import load_backend
     for m in models:  # a bad model file: its own one-line error here, not a child process's last line
         load_backend(m)
+    if show_profile:
+        rows = [profile(m, t, seconds) for m in models for t in threads]
+        for r in rows:
+            print(f"{r['model']} ({r['threads']} thread(s)): onnxruntime kernel time by layer kind")
+            print(f"{'layer':<36} {'operator':<18} {'share':>7} {'ms per s audio':>15}")
+            for k in r["kernels"]:
+                if k["share"] >= 0.001:
+                    print(f"{k['layer']:<36} {k['op']:<18} {100 * k['share']:>6.1f}% {k['ms_per_s_audio']:>15.2f}")
+        if json_out:
+            atomic_write(json_out, lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
+        return rows
     rows = [measure_isolated(m, t, seconds, stream, hop_ms) for m in models for t in threads]
     if stream:
         print(f"{'model':<40} {'thr':>3} {'hop ms':>7} {'median ms':>10} {'p99 ms':>8} {'over budget':>12} "
