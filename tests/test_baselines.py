@@ -97,10 +97,20 @@ def test_report_with_baselines_table_delays_and_plot(tmp_path, tiny_data):
     conf.write_text(yaml.safe_dump({"base": str(ROOT / "configs" / "tiny_float.yml"),
                                     "dataset": {"test_dir": str(tiny_data / "test"), "valid_dir": str(tiny_data / "dev")}}))
     pre = ROOT / "training" / "pretrained"
-    res = run_fqse("report", "-y", str(conf), "--checkpoints", str(pre / "demo_float_tiny.pt"),
-                   str(pre / "demo_fqse_tiny.pt"), "--out", str(tmp_path / "r"), "--limit", "2", "--baselines")
+    args = ["report", "-y", str(conf), "--checkpoints", str(pre / "demo_float_tiny.pt"), str(pre / "demo_fqse_tiny.pt"),
+            "--limit", "2", "--baselines", "--score-cache", str(tmp_path / "cache")]
+    res = run_fqse(*args, "--out", str(tmp_path / "r"))
     assert res.returncode == 0, res.stderr[-1500:]
     systems = json.loads((tmp_path / "r" / "report.json").read_text())["systems"]
+    # a second report reuses every baseline score (none computed) and gives the same baseline rows
+    res = run_fqse(*args, "--out", str(tmp_path / "r2"))
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert all(f"{n}: " in res.stdout and "scores from" in res.stdout for n in DELAYS)
+    assert res.stdout.count(", 0 computed") == len(DELAYS)
+    again = json.loads((tmp_path / "r2" / "report.json").read_text())["systems"]
+    drop = ("s_per_s_audio_1thread",)  # speed is measured again
+    assert all({k: v for k, v in again[f"{n} (baseline)"].items() if k not in drop}
+               == {k: v for k, v in systems[f"{n} (baseline)"].items() if k not in drop} for n in DELAYS)
     assert {n: systems[f"{n} (baseline)"]["delay_samples"] for n in DELAYS} == DELAYS
     for r in systems.values():  # every system, the project's and the baselines, has DNSMOS on the same mixtures
         assert 1.0 <= r["dnsmos_ovrl"] <= 5.0

@@ -103,3 +103,38 @@ def test_transparency_tells_distortion_of_speech_from_noise_in_the_reference():
     pauses = rng.standard_normal(len(env)) * 0.05 * (env < 0.5)
     assert loud_share(1.3 * ref + pauses, ref) < 0.05
     assert loud_share(ref + 0.1 * rng.standard_normal(len(env)) * env, ref) > 0.95
+
+
+def test_score_cache_reuses_scores_only_for_the_same_system_and_input(tmp_path, tiny_data):
+    """A second report takes a baseline's scores from the cache without running it; another system id, or an
+    input one sample different, is computed afresh; a torn cache file is ignored, not trusted."""
+    import numpy as np
+
+    from training.evaluate import ScoreCache, quality, snr_curve
+    rows = load_split(str(tiny_data / "test"))
+    calls = []
+
+    def damp(x):  # a fixed "enhancer": deterministic, so its scores may be cached
+        calls.append(len(x))
+        return 0.5 * x + 0.01 * np.sin(np.arange(len(x)))
+
+    first = ScoreCache(tmp_path, "damp|1")
+    q1 = quality(damp, rows, 16000, cache=first)
+    c1 = snr_curve(damp, rows[:1], 16000, snrs=(0, 10), cache=first)
+    first.save()
+    n = len(calls)
+    assert n == len(rows) + 2 and first.misses == n and first.hits == 0
+    again = ScoreCache(tmp_path, "damp|1")
+    assert quality(damp, rows, 16000, cache=again) == q1 and snr_curve(damp, rows[:1], 16000, snrs=(0, 10),
+                                                                         cache=again) == c1
+    assert len(calls) == n and again.hits == n  # nothing ran
+    other = ScoreCache(tmp_path, "damp|2")
+    quality(damp, rows[:1], 16000, cache=other)
+    assert other.misses == 1 and len(calls) == n + 1
+    mix = np.zeros(1600, np.float32)
+    shifted = mix.copy()
+    shifted[7] = 1e-4
+    clean = np.ones(1600, np.float32)
+    assert again.key(mix, clean, 16000, (True, False)) != again.key(shifted, clean, 16000, (True, False))
+    again.path.write_text('{"scores": {"x"')  # torn
+    assert ScoreCache(tmp_path, "damp|1").entries == {}

@@ -1,6 +1,7 @@
 """`fqse eval`: quality on a test split and the paper's curve (output SI-SNR against input SNR)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -84,25 +85,81 @@ def _mean(scores: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([d[k] for d in scores])) for k in scores[0]}
 
 
+class ScoreCache:
+    """The scores of one deterministic system (a pretrained baseline) per input, kept in a JSON file, so another
+    `fqse report` on the same mixtures neither runs nor re-scores it. The key holds the system's id, the scoring
+    code (this module's metrics and the metric packages' versions), which scores were asked for and the input's
+    bytes: a changed model, metric or mixture is a miss, never a stale hit."""
+
+    def __init__(self, folder: str | Path, system_id: str, fresh: bool = False):
+        self.system_id = f"{system_id}|{_scoring_version()}"
+        self.path = Path(folder) / (hashlib.sha1(self.system_id.encode()).hexdigest()[:16] + ".json")
+        self.entries: dict[str, dict] = {}
+        if self.path.exists() and not fresh:
+            try:
+                self.entries = json.loads(self.path.read_text())["scores"]
+            except (ValueError, KeyError, TypeError):  # a torn or foreign file: start afresh
+                self.entries = {}
+        self.hits = self.misses = 0
+
+    def key(self, mix: np.ndarray, clean: np.ndarray, sr: int, kinds: tuple[bool, bool]) -> str:
+        h = hashlib.sha1(f"{sr}|{kinds}".encode())
+        for a in (mix, clean):
+            h.update(np.ascontiguousarray(a, np.float32).tobytes())
+        return h.hexdigest()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps({"system": self.system_id, "scores": self.entries})
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text(data))
+
+
+def _scoring_version() -> str:
+    """What the cached scores depend on besides the system: the metric code and packages."""
+    from importlib.metadata import PackageNotFoundError, version
+    h = hashlib.sha1()
+    for mod in ("runtime/metrics.py", "training/metrics.py"):
+        h.update((Path(__file__).resolve().parent.parent / mod).read_bytes())
+    for pkg in ("pesq", "speechmos"):
+        try:
+            h.update(f"{pkg}={version(pkg)}".encode())
+        except PackageNotFoundError:
+            h.update(f"{pkg}=none".encode())
+    return h.hexdigest()[:12]
+
+
+def _score_one(fn: Enhance, mix: np.ndarray, clean: np.ndarray, sr: int, pesq_fn, mos_fn,
+               cache: ScoreCache | None) -> dict[str, float]:
+    """`score` of fn's output (and DNSMOS with `mos_fn`), from `cache` where it holds this input."""
+    key = cache.key(mix, clean, sr, (pesq_fn is not None, mos_fn is not None)) if cache else None
+    if key is not None and key in cache.entries:
+        cache.hits += 1
+        return dict(cache.entries[key])
+    est = fn(mix)
+    d = score(est, clean, mix, sr, pesq_fn)
+    if mos_fn is not None and (mos := mos_fn(est)) is not None:
+        d.update(mos)
+    if key is not None:
+        cache.misses += 1
+        cache.entries[key] = dict(d)
+    return d
+
+
 GROUPS = ("talker", "noise_type")  # CSV columns scored separately (`fqse data` writes them)
 
 
 def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval", groups: tuple[str, ...] = GROUPS,
-            dnsmos: bool = False) -> dict:
+            dnsmos: bool = False, cache: ScoreCache | None = None) -> dict:
     """Mean SI-SNR, SI-SNRi, SDR, STOI (and PESQ-WB) over the rows (whole utterances); for each of `groups` (CSV
     columns such as "talker") the rows have, also the mean SI-SNRi per value under `si_snri_by_<group>`; with `dnsmos`,
-    DNSMOS SIG/BAK/OVRL of the output where `speechmos` is installed (fqse.baselines.dnsmos)."""
+    DNSMOS SIG/BAK/OVRL of the output where `speechmos` is installed (fqse.baselines.dnsmos). With `cache`, an
+    input scored before by the same system is not run again."""
     pesq_fn = _pesq_fn()
     mos_fn = None
     if dnsmos:
         from fqse.baselines import dnsmos as mos_fn
-    scores = []
-    for r in tqdm(rows, desc=desc, leave=False):
-        mix, clean = _read(r["mixture_path"]), _read(r["source_1_path"])
-        est = fn(mix)
-        scores.append(score(est, clean, mix, sr, pesq_fn))
-        if mos_fn is not None and (mos := mos_fn(est)) is not None:
-            scores[-1].update(mos)
+    scores = [_score_one(fn, _read(r["mixture_path"]), _read(r["source_1_path"]), sr, pesq_fn, mos_fn, cache)
+              for r in tqdm(rows, desc=desc, leave=False)]
     out: dict = _mean(scores)
     for group in groups:
         if all(r.get(group) for r in rows):
@@ -113,7 +170,7 @@ def quality(fn: Enhance, rows: list[dict], sr: int, desc: str = "eval", groups: 
 
 
 def snr_curve(fn: Enhance, rows: list[dict], sr: int, snrs=CURVE_SNRS, desc: str = "curve",
-              full: bool = False) -> dict[float, dict[str, float]]:
+              full: bool = False, cache: ScoreCache | None = None) -> dict[float, dict[str, float]]:
     """Each test utterance re-mixed from its clean speech and noise at each input SNR: the mean scores per input
     SNR (SI-SNR, SI-SNRi, SDR, STOI; with `full` also PESQ-WB, and the noisy input's STOI/PESQ as `*_noisy`)."""
     pesq_fn = _pesq_fn() if full else None
@@ -122,7 +179,7 @@ def snr_curve(fn: Enhance, rows: list[dict], sr: int, snrs=CURVE_SNRS, desc: str
         scores = []
         for r in rows:
             mix, clean = remix(_read(r["source_1_path"]), _read(r["noise_path"]), target)
-            d = score(fn(mix), clean, mix, sr, pesq_fn)
+            d = _score_one(fn, mix, clean, sr, pesq_fn, None, cache)
             if full:
                 d.update({f"{k}_noisy": v for k, v in score(mix, clean, mix, sr, pesq_fn).items()
                           if k in ("stoi", "pesq")})
