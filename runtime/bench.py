@@ -42,6 +42,13 @@ def seconds_per_second(run: Callable[[], object], seconds: float, repeats: int =
     return float(np.median(times)) / seconds
 
 
+def _offline_run(enh) -> Callable[[np.ndarray], np.ndarray]:
+    """One run of the model over the whole length: what the offline speed is of. (`enhance` would cut a causal
+    model's input into 2 s windows that each recompute the receptive field: README "Streaming".) A step model
+    streams."""
+    return enh.enhance if enh.step else enh.run_offline
+
+
 def measure(model: str, threads: int, seconds: float, stream: bool, hop_ms: float, repeats: int = 3) -> dict[str, Any]:
     """Measure in this process (call through `measure_isolated` for a clean peak RSS)."""
     from runtime.audio import to_int16
@@ -53,9 +60,7 @@ def measure(model: str, threads: int, seconds: float, stream: bool, hop_ms: floa
                            "kernels": getattr(enh.be, "kernels", "onnxruntime")}
     if not stream:
         pcm = to_int16(_signal(seconds, enh.sr))
-        # One run of the model over the whole length: its speed. (`enhance` would cut a causal model's input
-        # into 2 s windows that each recompute the receptive field: README "Streaming".) A step model streams.
-        run = enh.enhance if enh.step else enh.run_offline
+        run = _offline_run(enh)
         res["s_per_s_audio"] = seconds_per_second(lambda: run(pcm), seconds, repeats)
     else:
         # Warm-up (untimed): one second of hops, then the stream starts afresh.
@@ -131,7 +136,7 @@ def profile(model: str, threads: int = 1, seconds: float = 4.0, repeats: int = 3
     with tempfile.TemporaryDirectory() as tmp:
         enh = Enhancer(OnnxBackend(Path(model), threads, profile_prefix=Path(tmp) / "ort"))
         pcm = to_int16(_signal(seconds, enh.sr))
-        run = enh.enhance if enh.step else enh.run_offline
+        run = _offline_run(enh)
         for _ in range(2 + repeats):
             run(pcm)
         events = json.loads(Path(enh.be.sess.end_profiling()).read_text())

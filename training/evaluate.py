@@ -87,9 +87,9 @@ def _mean(scores: list[dict[str, float]]) -> dict[str, float]:
 
 class ScoreCache:
     """The scores of one deterministic system (a pretrained baseline) per input, kept in a JSON file, so another
-    `fqse report` on the same mixtures neither runs nor re-scores it. The key holds the system's id, the scoring
-    code (this module's metrics and the metric packages' versions), which scores were asked for and the input's
-    bytes: a changed model, metric or mixture is a miss, never a stale hit."""
+    `fqse report` on the same mixtures neither runs nor re-scores it. The key holds the system's id, the code
+    that runs and scores it (`_scoring_version`), which scores were asked for and the input's bytes: a changed
+    model, adapter, metric or mixture is a miss, never a stale hit."""
 
     def __init__(self, folder: str | Path, system_id: str, fresh: bool = False):
         self.system_id = f"{system_id}|{_scoring_version()}"
@@ -115,10 +115,11 @@ class ScoreCache:
 
 
 def _scoring_version() -> str:
-    """What the cached scores depend on besides the system: the metric code and packages."""
+    """What the cached scores depend on besides the system: the code that scores (metrics, `score`, DNSMOS), the
+    baselines' adapters, and the metric packages' versions."""
     from importlib.metadata import PackageNotFoundError, version
     h = hashlib.sha1()
-    for mod in ("runtime/metrics.py", "training/metrics.py"):
+    for mod in ("runtime/metrics.py", "training/metrics.py", "training/evaluate.py", "fqse/baselines.py"):
         h.update((Path(__file__).resolve().parent.parent / mod).read_bytes())
     for pkg in ("pesq", "speechmos"):
         try:
