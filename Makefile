@@ -9,7 +9,7 @@ $(VENV)/.installed: requirements.txt requirements-runtime.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-.PHONY: setup demo test espeak real-data indep-data train-real train-real-ablation train-real-tiny train-real-diverse train-real-voices baselines onnx2tf aarch64-check
+.PHONY: setup demo test espeak real-data indep-data train-real train-real-ablation train-real-tiny real-espeak-data train-real-diverse train-real-voices baselines onnx2tf aarch64-check
 setup: $(VENV)/.installed
 
 demo: setup
@@ -43,10 +43,13 @@ train-real: real-data
 # Ablations: eight 3-epoch fine-tunes of the base real-speech FQSE model (training/pretrained/
 # real_fqse_tiny_base.pt, `make train-real-tiny`), one core each in turn (~8 min each), and their average.
 # The jitter run (configs/real_jitter_fqse.yml) of 2026-11-29 was the shipped model until 2026-11-30 (now real_jitter_fqse_tiny.pt).
-SOUP := tuned_fqse tuned_fqse_seed1 aug_fqse jitter_fqse jitter_fqse_seed1 jitter4_fqse eq_fqse espeak_fqse
-train-real-ablation: real-data
+# The real-speech set plus espeak-ng voices (a quarter of each split's utterances) that the fine-tunes below train on.
+real-espeak-data: real-data
 	grep -qs '"version": 3,' data/real_espeak/sources.json || \
 	  $(VENV)/bin/fqse data --source debian,espeak --out data/real_espeak --cache data/debian-cache --overwrite
+
+SOUP := tuned_fqse tuned_fqse_seed1 aug_fqse jitter_fqse jitter_fqse_seed1 jitter4_fqse eq_fqse espeak_fqse
+train-real-ablation: real-espeak-data
 	for c in $(SOUP); do $(VENV)/bin/fqse train -y configs/real_$$c.yml --resume || exit 1; done
 	$(VENV)/bin/fqse average $(SOUP:%=work/real_%/final.pt) -o work/real_soup_fqse.pt
 
@@ -60,9 +63,7 @@ train-real-tiny: real-data
 # The shipped FQSE model (training/pretrained/demo_fqse_tiny.pt since 2026-11-30): the base FQSE model trained 20 more
 # epochs on the real-speech set plus espeak-ng voices, with speed perturbation, dynamic mixing and jitter (~50 min on
 # one core); work/real_diverse_fqse/final.pt is the result (`checkpoint.model_only` copies it to the shipped file).
-train-real-diverse: real-data
-	grep -qs '"version": 3,' data/real_espeak/sources.json || \
-	  $(VENV)/bin/fqse data --source debian,espeak --out data/real_espeak --cache data/debian-cache --overwrite
+train-real-diverse: real-espeak-data
 	$(VENV)/bin/fqse train -y configs/real_diverse_fqse.yml --resume
 
 # More voices (#10): the same recipe on a set with as many espeak-ng utterances as real ones, speed +-15 % and 20 %
